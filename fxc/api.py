@@ -1,0 +1,117 @@
+"""fxc.compile: capture -> passes -> backend, wrapped in a drop-in CompiledModule."""
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.utils._pytree as pytree
+
+from . import backends, ir
+from .capture import capture, normalize_inputs
+from .dump import StageDumper
+from .errors import FxcOptionError
+from .options import CompileOptions, resolve
+from .report import CompileReport
+
+
+class CompiledModule:
+    """Callable like the model: same inputs, same output structure.
+
+    `.graph` is the final GraphModule, `.report()` the per-stage table as text,
+    `.options` the resolved compile options.
+    """
+
+    def __init__(self, engine, checker, out_spec, graph: fx.GraphModule,
+                 report: CompileReport, options: CompileOptions):
+        self.engine, self.checker, self.out_spec = engine, checker, out_spec
+        self.graph, self._report, self.options = graph, report, options
+
+    def __call__(self, *args, **kwargs):
+        flat = self.checker.flatten(args, kwargs)
+        with torch.no_grad():
+            outs = self.engine.run(flat)
+        return pytree.tree_unflatten(outs, self.out_spec)
+
+    def report(self) -> str:
+        return str(self._report)
+
+    @property
+    def report_data(self) -> CompileReport:
+        return self._report
+
+    def __repr__(self) -> str:
+        return (f"CompiledModule(backend={self.engine.name}, device={self.options.device}, "
+                f"precision={self.options.precision}, nodes={ir.count_compute(self.graph)})")
+
+
+def compile(model: torch.nn.Module, example_inputs, *, device=None, precision: str = "fp32",
+            backend: str = "auto", verify: bool = False, dump_dir: str | None = None,
+            disable_passes=(), **options) -> CompiledModule:
+    """Compile `model` for inference on `example_inputs` (a tuple of args, a dict of kwargs,
+    or one tensor). Inputs of later calls must match them in structure, dtype, shape, device.
+
+    device: where it runs (default: where the example inputs are); precision: 'fp32', 'fp16'
+    or 'bf16'; backend: 'auto', 'torch', 'onnxruntime' or 'tensorrt'; verify: check every pass
+    numerically; dump_dir: write each stage there; disable_passes: pass names to skip.
+    """
+    from fxc.passes import PIPELINE, PassContext, run_pipeline  # after fxc.* is importable
+    from fxc.runtime import InputChecker
+
+    t_start = time.perf_counter()
+    args, kwargs = normalize_inputs(example_inputs)
+    opts = resolve(device=device, precision=precision, backend=backend, verify=verify,
+                   dump_dir=dump_dir, disable_passes=disable_passes,
+                   default_device=_default_device(model, args, kwargs), **options)
+    model, args, kwargs = _to_device(model, args, kwargs, opts.device)
+
+    t0 = time.perf_counter()
+    captured = capture(model, args, kwargs)
+    gm = captured.gm
+    capture_ms = (time.perf_counter() - t0) * 1e3
+    captured_nodes = ir.count_compute(gm)
+
+    dumper = StageDumper(opts.dump_dir) if opts.dump_dir else None
+    if dumper:
+        dumper("capture", gm)
+    flat_inputs = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
+    ctx = PassContext(opts, flat_inputs)
+    records = run_pipeline(gm, ctx, PIPELINE, on_stage=dumper)
+
+    chosen = backends.choose(opts)
+    t0 = time.perf_counter()
+    engine = chosen.build(gm, opts, flat_inputs)
+    backend_ms = (time.perf_counter() - t0) * 1e3
+    report = CompileReport(device=str(opts.device), precision=opts.precision, backend=chosen.name,
+                           capture_ms=capture_ms, captured_nodes=captured_nodes, records=records,
+                           backend_ms=backend_ms)
+    for title, lines in ctx.state.get("report_sections", []):
+        report.add_section(title, lines)
+    report.total_ms = (time.perf_counter() - t_start) * 1e3
+    checker = InputChecker(captured.inputs, captured.in_spec)
+    return CompiledModule(engine, checker, captured.out_spec, gm, report, opts)
+
+
+def _default_device(model, args, kwargs) -> torch.device:
+    for x in pytree.tree_leaves((args, kwargs)):
+        if isinstance(x, torch.Tensor):
+            return x.device
+    for p in model.parameters() if isinstance(model, torch.nn.Module) else ():
+        return p.device
+    return torch.device("cpu")
+
+
+def _to_device(model, args, kwargs, device: torch.device) -> tuple[Any, tuple, dict]:
+    """Move inputs (and a copy of the model, never the user's own) to `device`."""
+    if not isinstance(model, torch.nn.Module):
+        return model, args, kwargs
+    tensors = list(model.parameters()) + list(model.buffers())
+    if any(t.device != device for t in tensors):
+        try:
+            model = copy.deepcopy(model).to(device)
+        except Exception as e:
+            raise FxcOptionError(f"device={device}: cannot move the model there: {e}") from None
+    move = lambda x: x.to(device) if isinstance(x, torch.Tensor) else x  # noqa: E731
+    return model, pytree.tree_map(move, args), pytree.tree_map(move, kwargs)

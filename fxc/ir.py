@@ -1,0 +1,151 @@
+"""Helpers over fxc's one IR: an ATen-level torch.fx GraphModule.
+
+Invariant every stage keeps: each placeholder, get_attr and call_function node carries
+`meta["val"]` (a FakeTensor, a tuple of them, or a Python scalar) that is true of what the
+node computes, and call_function nodes keep the user's `stack_trace` where capture had one.
+"""
+from __future__ import annotations
+
+import operator
+import os
+from typing import Any, Iterable
+
+import torch
+import torch.fx as fx
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+from .errors import FxcPassError
+
+
+def op_name(node: fx.Node) -> str:
+    """A stable, readable name of what a node does: 'aten.relu.default', 'getitem', 'x'."""
+    if node.op == "call_function":
+        t = node.target
+        if isinstance(t, torch._ops.OpOverload):
+            return f"{t.namespace}.{t._opname}.{t._overloadname}"
+        return getattr(t, "__name__", str(t))
+    if node.op in ("call_module", "get_attr"):
+        return f"{node.op}:{node.target}"
+    return node.op
+
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+
+
+def source_line(node: fx.Node) -> str | None:
+    """The user's innermost source line that produced `node` ('file.py:12 in forward: y = f(x)').
+
+    Frames inside torch itself (nn.Conv2d.forward, say) are skipped: the user's line is the
+    one that called into torch.
+    """
+    trace = node.meta.get("stack_trace")
+    if not trace:
+        return None
+    frames = []
+    lines = trace.rstrip().splitlines()
+    for i, raw in enumerate(lines):
+        s = raw.strip()
+        if not s.startswith("File "):
+            continue
+        code = lines[i + 1].strip() if i + 1 < len(lines) else ""
+        try:
+            path, rest = s[len("File "):].split(", line ", 1)
+            lineno, fn = rest.split(", in ", 1)
+        except ValueError:
+            continue
+        frames.append((path.strip('"'), lineno, fn, code))
+    if not frames:
+        return None
+    user = [f for f in frames if not os.path.abspath(f[0]).startswith(_TORCH_DIR)]
+    path, lineno, fn, code = (user or frames)[-1]
+    return f"{path}:{lineno} in {fn}: {code}"
+
+
+def describe(node: fx.Node) -> str:
+    """'%relu_3 = aten.relu.default' plus the source line where there is one."""
+    src = source_line(node)
+    return f"%{node.name} = {op_name(node)}" + (f"  [{src}]" if src else "")
+
+
+def tensor_meta(node: fx.Node) -> torch.Tensor | None:
+    val = node.meta.get("val")
+    return val if isinstance(val, torch.Tensor) else None
+
+
+def call_nodes(gm: fx.GraphModule) -> Iterable[fx.Node]:
+    return (n for n in gm.graph.nodes if n.op == "call_function")
+
+
+def count_compute(gm: fx.GraphModule) -> int:
+    """Nodes that do work at run time (getitem projections are free)."""
+    return sum(1 for n in call_nodes(gm) if n.target is not operator.getitem)
+
+
+def infer_meta(gm: fx.GraphModule) -> None:
+    """Recompute meta["val"] of every node by fake execution (after a pass made new nodes).
+
+    A fresh FakeTensorMode each time: placeholders are rebuilt from their recorded
+    shape/stride/dtype/device, and parameters (get_attr) are converted from the real tensors.
+    """
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    inputs = []
+    with mode:
+        for n in gm.graph.nodes:
+            if n.op == "placeholder":
+                val = n.meta["val"]
+                if isinstance(val, torch.Tensor):
+                    val = torch.empty_strided(val.shape, val.stride(), dtype=val.dtype,
+                                              device=val.device)
+                inputs.append(val)
+    FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*inputs)
+
+
+def _same_meta(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same_meta(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) or a is None or b is None
+
+
+def lint(gm: fx.GraphModule, stage: str = "lint") -> None:
+    """fx's structural lint, plus: every value node has meta["val"], and it is true.
+
+    Raises FxcPassError naming `stage` and the first node whose meta is missing or wrong.
+    """
+    try:
+        gm.graph.lint()
+    except Exception as e:  # fx raises RuntimeError with the offending node in the text
+        raise FxcPassError(stage, f"graph lint failed: {e}") from None
+    recorded = {}
+    for n in gm.graph.nodes:
+        if n.op in ("placeholder", "get_attr", "call_function"):
+            if "val" not in n.meta:
+                raise FxcPassError(stage, "node has no meta['val']", node=describe(n))
+            recorded[n] = n.meta["val"]
+    if not recorded:
+        return
+    infer_meta(gm)
+    try:
+        for n, old in recorded.items():
+            if not _same_meta(old, n.meta["val"]):
+                raise FxcPassError(stage, f"meta['val'] is stale: recorded {_fmt(old)}, "
+                                          f"computes {_fmt(n.meta['val'])}", node=describe(n),
+                                   source=source_line(n))
+    finally:
+        for n, old in recorded.items():
+            n.meta["val"] = old
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, torch.Tensor):
+        return f"{str(v.dtype).replace('torch.', '')}{list(v.shape)}"
+    if isinstance(v, (tuple, list)):
+        return "(" + ", ".join(_fmt(x) for x in v) + ")"
+    return repr(v)
+
+
+def fmt_meta(node: fx.Node) -> str:
+    """'f32[1, 3, 224, 224]'-style summary of a node's value, for reports and dumps."""
+    return _fmt(node.meta.get("val")).replace("float", "f").replace("int", "i")

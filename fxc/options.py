@@ -1,0 +1,63 @@
+"""Compile options: one frozen dataclass, validated once, read by every stage."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from . import debug
+from .errors import FxcOptionError
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileOptions:
+    """What the user asked for. `device` is resolved (never None) once built by `resolve`."""
+
+    device: torch.device
+    precision: str = "fp32"
+    backend: str = "auto"
+    verify: bool = False
+    dump_dir: str | None = None
+    disable_passes: tuple[str, ...] = ()
+    # Passes' tunables live here so the benchmark can sweep them; each pass documents its own.
+    fold_size_limit: float = 4.0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return PRECISIONS[self.precision]
+
+    def enabled(self, pass_name: str) -> bool:
+        return pass_name not in self.disable_passes
+
+
+def resolve(*, device, precision, backend, verify, dump_dir, disable_passes, default_device,
+            **extra) -> CompileOptions:
+    """Validate the user's options and fill in the environment's debug switches."""
+    if precision not in PRECISIONS:
+        raise FxcOptionError(f"precision={precision!r}: expected one of {sorted(PRECISIONS)}")
+    if backend not in BACKENDS:
+        raise FxcOptionError(f"backend={backend!r}: expected one of {list(BACKENDS)}")
+    try:
+        dev = torch.device(device) if device is not None else default_device
+    except (RuntimeError, TypeError) as e:
+        raise FxcOptionError(f"device={device!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FxcOptionError(f"device={device!r}: CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    if isinstance(disable_passes, str):
+        disable_passes = (disable_passes,)
+    fields = {f.name for f in dataclasses.fields(CompileOptions)}
+    unknown = set(extra) - fields
+    if unknown:
+        raise FxcOptionError(f"unknown compile option(s): {sorted(unknown)}")
+    return CompileOptions(
+        device=dev, precision=precision, backend=backend,
+        verify=bool(verify) or debug.env_verify(),
+        dump_dir=dump_dir or debug.env_dump_dir(),
+        disable_passes=tuple(disable_passes) + debug.env_disabled_passes(),
+        **extra,
+    )

@@ -1,0 +1,147 @@
+"""The pass manager: runs the pipeline, times and counts each pass, verifies in verify mode.
+
+A pass is a function `(gm, ctx) -> PassResult` that rewrites `gm` in place and keeps the IR
+invariant (fxc/ir.py: every node's meta["val"] true). The manager recompiles the graph after
+each pass; in verify mode it lints it and compares its outputs on the example inputs with the
+stage before, and raises FxcVerifyError naming the first pass that broke them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable
+
+import torch
+import torch.fx as fx
+
+from fxc import ir
+from fxc.debug import log
+from fxc.errors import FxcError, FxcPassError, FxcVerifyError
+from fxc.options import CompileOptions
+
+
+@dataclasses.dataclass
+class PassResult:
+    """What a pass did: how many rewrites, plus free-form notes and stats for the report."""
+
+    rewrites: int = 0
+    notes: list[str] = dataclasses.field(default_factory=list)
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return self.rewrites > 0
+
+
+@dataclasses.dataclass
+class PassContext:
+    """What a pass may read: the options and the example inputs (flat tensors, on device)."""
+
+    options: CompileOptions
+    example_inputs: list[torch.Tensor]
+    state: dict[str, Any] = dataclasses.field(default_factory=dict)  # shared between passes
+
+
+@dataclasses.dataclass(frozen=True)
+class Pass:
+    """One pipeline entry. `numerics` says how verify mode compares it with the stage before:
+    'exact' (bitwise), 'fp32' (assert_close defaults) or 'lowp' (reduced-precision tolerance)."""
+
+    name: str
+    fn: Callable[[fx.GraphModule, PassContext], PassResult]
+    numerics: str = "fp32"
+    when: Callable[[CompileOptions], bool] = lambda opts: True
+
+
+@dataclasses.dataclass
+class PassRecord:
+    name: str
+    ms: float
+    rewrites: int
+    nodes_after: int
+    skipped: str | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def run_pipeline(gm: fx.GraphModule, ctx: PassContext, pipeline: list[Pass],
+                 on_stage: Callable[[str, fx.GraphModule], None] | None = None) -> list[PassRecord]:
+    """Run every enabled pass in order; returns one record per pipeline entry."""
+    opts, records = ctx.options, []
+    reference = _execute(gm, ctx) if opts.verify else None
+    for p in pipeline:
+        if not p.when(opts):
+            records.append(PassRecord(p.name, 0.0, 0, ir.count_compute(gm), skipped="not for these options"))
+            continue
+        if not opts.enabled(p.name):
+            records.append(PassRecord(p.name, 0.0, 0, ir.count_compute(gm), skipped="disabled"))
+            continue
+        t0 = time.perf_counter()
+        try:
+            result = p.fn(gm, ctx)
+        except FxcError:
+            raise
+        except Exception as e:  # a bug in a pass: say which pass, keep the cause chained
+            raise FxcPassError(p.name, f"{type(e).__name__}: {e}") from e
+        gm.recompile()
+        ms = (time.perf_counter() - t0) * 1e3
+        records.append(PassRecord(p.name, ms, result.rewrites, ir.count_compute(gm),
+                                  notes=result.notes, stats=result.stats))
+        log.info("pass %s: %d rewrites in %.1f ms", p.name, result.rewrites, ms)
+        log.debug("graph after %s:\n%s", p.name, gm.code)
+        if opts.verify:
+            ir.lint(gm, p.name)
+            reference = _check_numerics(gm, ctx, p, reference)
+        if on_stage is not None:
+            on_stage(p.name, gm)
+    return records
+
+
+def _execute(gm: fx.GraphModule, ctx: PassContext) -> tuple:
+    with torch.no_grad():
+        return tuple(gm(*ctx.example_inputs))
+
+
+def _check_numerics(gm, ctx, p: Pass, before: tuple) -> tuple:
+    after = _execute(gm, ctx)
+    if len(after) != len(before):
+        raise FxcVerifyError(p.name, f"the graph now returns {len(after)} outputs, not {len(before)}")
+    for i, (a, b) in enumerate(zip(after, before)):
+        problem = compare(a, b, p.numerics)
+        if problem:
+            raise FxcVerifyError(p.name, f"output {i} changed: {problem}")
+    return after
+
+
+def compare(actual: Any, expected: Any, numerics: str) -> str | None:
+    """None when `actual` matches `expected` under the pass's numerics contract, else why not."""
+    if not isinstance(expected, torch.Tensor):
+        return None if actual == expected else f"expected {expected!r}, got {actual!r}"
+    if not isinstance(actual, torch.Tensor):
+        return f"expected a tensor, got {type(actual).__name__}"
+    if actual.shape != expected.shape:
+        return f"shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    if numerics == "exact":
+        ok = actual.dtype == expected.dtype and torch.equal(actual, expected) or (
+            actual.is_floating_point() and torch.equal(actual.isnan(), expected.isnan())
+            and torch.equal(actual.nan_to_num(), expected.nan_to_num()))
+        return None if ok else "not bitwise equal"
+    if numerics == "lowp":
+        return lowp_problem(actual, expected)
+    try:
+        torch.testing.assert_close(actual, expected, equal_nan=True)
+    except AssertionError as e:
+        return str(e).strip().splitlines()[0] + " " + " ".join(str(e).split("\n")[1:4])
+    return None
+
+
+def lowp_problem(actual: torch.Tensor, expected: torch.Tensor, rel: float = 2e-2) -> str | None:
+    """Reduced precision contract: finite where the reference is finite, and the relative
+    norm error ||a - b|| / ||b|| under `rel` (whole graphs accumulate rounding)."""
+    a, b = actual.double(), expected.double()
+    finite = torch.isfinite(b)
+    if not torch.isfinite(a[finite]).all():
+        return "inf or NaN where the reference is finite"
+    denom = b[finite].norm().item()
+    err = (a[finite] - b[finite]).norm().item() / (denom if denom > 0 else 1.0)
+    return None if err <= rel else f"relative norm error {err:.3g} > {rel}"
