@@ -149,3 +149,37 @@ def _fmt(v: Any) -> str:
 def fmt_meta(node: fx.Node) -> str:
     """'f32[1, 3, 224, 224]'-style summary of a node's value, for reports and dumps."""
     return _fmt(node.meta.get("val")).replace("float", "f").replace("int", "i")
+
+
+def infer_node_meta(node: fx.Node) -> None:
+    """Set meta["val"] of one call_function node from its inputs' meta, by fake execution.
+
+    For passes that create a node: cheaper than re-propagating the whole graph.
+    """
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    memo: dict[fx.Node, Any] = {}
+
+    def fake(n: fx.Node):
+        if n not in memo:
+            v = n.meta["val"]
+            if isinstance(v, torch.Tensor):
+                with mode:
+                    v = torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device=v.device)
+            memo[n] = v
+        return memo[n]
+
+    args = fx.node.map_arg(node.args, fake)
+    kwargs = fx.node.map_arg(node.kwargs, fake)
+    with mode:
+        node.meta["val"] = node.target(*args, **kwargs)
+
+
+def new_call(graph: fx.Graph, target, args: tuple, kwargs: dict | None = None, *,
+             like: fx.Node | None = None) -> fx.Node:
+    """Insert a call_function node (at the graph's current insert point) with true meta,
+    carrying `like`'s stack trace so errors and dumps still point at the user's line."""
+    node = graph.call_function(target, args, kwargs or {})
+    if like is not None and "stack_trace" in like.meta:
+        node.meta["stack_trace"] = like.meta["stack_trace"]
+    infer_node_meta(node)
+    return node

@@ -10,6 +10,9 @@ from .manager import Pass
 
 PIPELINE: list[Pass] = [
     Pass("dce", dce.run, numerics="exact"),  # drop what nothing uses (export leaves some)
+    # [fold_constants] [cse] [noops]  (clean-up)
+    # [fuse_*]  (fusion rules)
+    # [fp16]  (precision)
 ]
 
 
