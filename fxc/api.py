@@ -90,7 +90,7 @@ def compile(model: torch.nn.Module, example_inputs, *, device=None, precision: s
     for title, lines in ctx.state.get("report_sections", []):
         report.add_section(title, lines)
     report.total_ms = (time.perf_counter() - t_start) * 1e3
-    checker = InputChecker(captured.inputs, captured.in_spec)
+    checker = InputChecker(captured.inputs, captured.in_spec, captured.layout)
     return CompiledModule(engine, checker, captured.out_spec, gm, report, opts)
 
 

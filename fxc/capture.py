@@ -17,6 +17,7 @@ import dataclasses
 import inspect
 import os
 import traceback
+import warnings
 from typing import Any
 
 import torch
@@ -51,6 +52,29 @@ class Captured:
     out_spec: pytree.TreeSpec
     inputs: list[InputSpec]         # one per leaf of (args, kwargs), tensors and constants
     eager_out: Any                  # the model's own output on the example inputs (reference)
+    layout: "CallLayout | None" = None  # how the example call passed its arguments
+
+
+@dataclasses.dataclass
+class CallLayout:
+    """The compile-time call's shape: which parameters came positionally, which by keyword.
+    A later call may pass the same arguments the other way; `canonical` rearranges it."""
+
+    signature: inspect.Signature
+    n_args: int
+    kw_names: tuple[str, ...]
+
+    def canonical(self, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError:
+            return None
+        names = list(self.signature.parameters)
+        if any(n not in bound.arguments for n in names[:self.n_args]):
+            return None
+        new_args = tuple(bound.arguments[n] for n in names[:self.n_args])
+        new_kwargs = {k: bound.arguments[k] for k in self.kw_names if k in bound.arguments}
+        return new_args, new_kwargs
 
 
 def normalize_inputs(example_inputs) -> tuple[tuple, dict]:
@@ -78,7 +102,18 @@ def capture(model: torch.nn.Module, args: tuple, kwargs: dict) -> Captured:
         model.train(was_training)
     gm = _flatten_program(ep)
     return Captured(gm=gm, in_spec=ep.call_spec.in_spec, out_spec=ep.call_spec.out_spec,
-                    inputs=_input_specs(model, args, kwargs), eager_out=eager_out)
+                    inputs=_input_specs(model, args, kwargs), eager_out=eager_out,
+                    layout=_layout(model, args, kwargs))
+
+
+def _layout(model, args, kwargs) -> CallLayout | None:
+    try:
+        sig = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in sig.parameters.values()):
+        return None  # *args/**kwargs: no names to rearrange by
+    return CallLayout(sig, len(args), tuple(kwargs))
 
 
 def _run_eager(model, args, kwargs):
@@ -90,7 +125,10 @@ def _run_eager(model, args, kwargs):
 
 def _export(model, args, kwargs):
     try:
-        return torch.export.export(model, args, kwargs, strict=False)
+        with warnings.catch_warnings():
+            # torch.export deep-copies pytree specs through a path torch itself deprecated.
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            return torch.export.export(model, args, kwargs, strict=False)
     except Exception as e:
         raise _capture_error(e) from None
 

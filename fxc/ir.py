@@ -126,7 +126,13 @@ def lint(gm: fx.GraphModule, stage: str = "lint") -> None:
             recorded[n] = n.meta["val"]
     if not recorded:
         return
-    infer_meta(gm)
+    try:
+        infer_meta(gm)
+    except Exception as e:  # the graph no longer type-checks: say so, with the first line
+        for n, old in recorded.items():
+            n.meta["val"] = old
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FxcPassError(stage, f"meta: the graph no longer type-checks: {first}") from None
     try:
         for n, old in recorded.items():
             if not _same_meta(old, n.meta["val"]):

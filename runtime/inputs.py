@@ -9,13 +9,14 @@ from __future__ import annotations
 import torch
 import torch.utils._pytree as pytree
 
-from fxc.capture import InputSpec
+from fxc.capture import CallLayout, InputSpec
 from fxc.errors import FxcInputError
 
 
 class InputChecker:
-    def __init__(self, specs: list[InputSpec], in_spec: pytree.TreeSpec):
-        self.specs, self.in_spec = specs, in_spec
+    def __init__(self, specs: list[InputSpec], in_spec: pytree.TreeSpec,
+                 layout: CallLayout | None = None):
+        self.specs, self.in_spec, self.layout = specs, in_spec, layout
         self.tensor_specs = [s for s in specs if s.is_tensor]
         # Fast path: forward(t0, t1, ...) with tensors only, no kwargs, no nesting.
         self.flat_positional = all(s.is_tensor for s in specs) and in_spec == pytree.tree_flatten(
@@ -28,6 +29,11 @@ class InputChecker:
             leaves = list(args)
         else:
             leaves, spec = pytree.tree_flatten((args, kwargs))
+            if spec != self.in_spec and self.layout is not None:
+                # Same arguments passed another way (positional vs keyword): rearrange.
+                canon = self.layout.canonical(args, kwargs)
+                if canon is not None:
+                    leaves, spec = pytree.tree_flatten(canon)
             if spec != self.in_spec:
                 raise FxcInputError(self._structure_message(leaves, spec))
         tensors = []
