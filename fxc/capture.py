@@ -93,7 +93,9 @@ def capture(model: torch.nn.Module, args: tuple, kwargs: dict) -> Captured:
     was_training = model.training
     model.eval()  # fxc compiles inference: dropout off, batch norm on running stats
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch.export deep-copies pytree specs through a path torch itself deprecated.
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
             eager_out = _run_eager(model, args, kwargs)
             _register_dataclasses((args, kwargs, eager_out))
             ep = _export(model, args, kwargs)
@@ -125,10 +127,7 @@ def _run_eager(model, args, kwargs):
 
 def _export(model, args, kwargs):
     try:
-        with warnings.catch_warnings():
-            # torch.export deep-copies pytree specs through a path torch itself deprecated.
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-            return torch.export.export(model, args, kwargs, strict=False)
+        return torch.export.export(model, args, kwargs, strict=False)
     except Exception as e:
         raise _capture_error(e) from None
 
@@ -181,6 +180,10 @@ _HINTS = {
                                    "use torch.where / torch.cond instead",
     "not registered as a pytree": "register the input/output type with "
                                   "torch.utils._pytree.register_pytree_node",
+    "which is not a known type": "the model returns an object torch.export cannot flatten (a "
+                                 "KV cache, say): return tensors, register the type with "
+                                 "torch.utils._pytree.register_pytree_node, or for transformers "
+                                 "models pass use_cache=False",
 }
 
 

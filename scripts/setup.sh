@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Install fxc and its test dependencies into the current Python.
+# torch is pinned to the CPU build that lies on this kind of machine's disk (a plain `torch`
+# would pull a multi-GB CUDA build); any torch >= 2.11 works for fxc itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if ! "$PY" -c "import torch, sys; sys.exit(0 if tuple(map(int, torch.__version__.split('+')[0].split('.')[:2])) >= (2, 11) else 1)" 2>/dev/null; then
+  "$PY" -m pip install -q "torch==2.13.0"
+fi
+"$PY" -m pip install -q -e ".[dev]"

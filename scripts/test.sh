@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The test command: everything but slow and GPU tests (those run on the GPU machine:
+# scripts/gpu_check.sh). Hypothesis uses the derandomized `ci` profile.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exec "${PYTHON:-python3}" -m pytest -m "not slow and not gpu" -q -p no:cacheprovider "$@"
