@@ -7,14 +7,25 @@
 Pipeline: capture (torch.export -> ATen fx graph) -> passes (fxc.passes) -> backend
 (fxc.runtime's torch engine, ONNX Runtime or TensorRT through fxc.lowering).
 """
-from .api import CompiledModule, compile
+import os as _os
+
+# Running from a source checkout that is not installed (or installed elsewhere): fxc.passes,
+# fxc.lowering, fxc.runtime and fxc.models live in top-level folders beside fxc/ (pyproject
+# maps them at install time). Let the package's search path see them too.
+_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if _os.path.isfile(_os.path.join(_root, "pyproject.toml")) and \
+        _os.path.isfile(_os.path.join(_root, "passes", "__init__.py")):
+    __path__.append(_root)  # type: ignore[name-defined]  # noqa: F821
+
+from .api import CompiledModule, compile  # noqa: E402
+from .artifact import load  # noqa: E402
 from .errors import (FxcArtifactError, FxcBackendUnavailableError, FxcCaptureError, FxcError,
                      FxcInputError, FxcOptionError, FxcPassError, FxcRuntimeError,
                      FxcUnsupportedOpError, FxcVerifyError)
 
 __version__ = "0.1.0"
 __all__ = [
-    "compile", "CompiledModule", "FxcError", "FxcCaptureError", "FxcInputError",
+    "compile", "CompiledModule", "load", "FxcError", "FxcCaptureError", "FxcInputError",
     "FxcOptionError", "FxcPassError", "FxcVerifyError", "FxcUnsupportedOpError",
     "FxcBackendUnavailableError", "FxcArtifactError", "FxcRuntimeError",
 ]

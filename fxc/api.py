@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from typing import Any
 
@@ -37,6 +38,27 @@ class CompiledModule:
 
     def report(self) -> str:
         return str(self._report)
+
+    def save(self, directory: str) -> str:
+        """Write the deployment artifact (ONNX model or TensorRT engine + manifest.json) to
+        `directory`; `fxc.load(directory)` gives back a module callable like this one."""
+        from .artifact import save
+        return save(self, directory)
+
+    @property
+    def memory_plan(self):
+        """The torch engine's MemoryPlan (passes/memory_plan.py), or None when nothing was
+        planned (plan_memory=False, or another backend)."""
+        return getattr(self.engine, "plan", None)
+
+    def profile(self, *args, iters: int = 100, top: int = 15, quiet: bool = False, **kwargs):
+        """Time every step and `iters` whole calls on these inputs; prints the costliest
+        steps and a latency histogram (unless quiet) and returns the runtime.profile.Profile."""
+        from fxc.runtime.profile import profile
+        result = profile(self, args, kwargs, iters=iters, top=top)
+        if not quiet:
+            print(result)
+        return result
 
     @property
     def report_data(self) -> CompileReport:
@@ -87,11 +109,25 @@ def compile(model: torch.nn.Module, example_inputs, *, device=None, precision: s
     report = CompileReport(device=str(opts.device), precision=opts.precision, backend=chosen.name,
                            capture_ms=capture_ms, captured_nodes=captured_nodes, records=records,
                            backend_ms=backend_ms)
-    for title, lines in ctx.state.get("report_sections", []):
+    for title, lines in ctx.state.get("report_sections", []) + getattr(engine, "report_sections", []):
         report.add_section(title, lines)
     report.total_ms = (time.perf_counter() - t_start) * 1e3
-    checker = InputChecker(captured.inputs, captured.in_spec, captured.layout)
-    return CompiledModule(engine, checker, captured.out_spec, gm, report, opts)
+    specs = _host_specs(captured.inputs) if opts.host_inputs and opts.device.type == "cuda" \
+        else captured.inputs
+    checker = InputChecker(specs, captured.in_spec, captured.layout)
+    compiled = CompiledModule(engine, checker, captured.out_spec, gm, report, opts)
+    if dumper:  # report.html and model.onnx beside the stage dumps (fxc/dump.py)
+        dumper.finish(report, memory_plan=getattr(compiled, "memory_plan", None),
+                      onnx_model=getattr(getattr(engine, "lowered", None), "model", None),
+                      gm=gm, title=type(model).__name__)
+    return compiled
+
+
+def _host_specs(specs):
+    """host_inputs=True: a CUDA module's tensor inputs are expected on the CPU (the engine
+    stages them through pinned buffers); without it, inputs must be on the compile device."""
+    cpu = torch.device("cpu")
+    return [dataclasses.replace(s, device=cpu) if s.is_tensor else s for s in specs]
 
 
 def _default_device(model, args, kwargs) -> torch.device:

@@ -49,7 +49,35 @@ def choose(options: CompileOptions) -> Backend:
 
 def _torch_build(gm, options, example_inputs):
     from fxc.runtime import TorchEngine
-    return TorchEngine(gm)
+    return TorchEngine(gm, options, example_inputs)  # plans memory, captures a CUDA graph
 
 
 register(Backend("torch", _torch_build, lambda options: None))
+
+
+def _onnxruntime_build(gm, options, example_inputs):
+    from fxc.lowering import to_onnx
+    from fxc.runtime.ort_engine import OrtEngine
+    lowered = to_onnx(gm, opset=options.opset, dynamic_batch=options.dynamic_batch,
+                      backend="onnxruntime")
+    return OrtEngine(lowered, options.device, options.ort_threads,
+                     external_threshold=options.external_data_threshold)
+
+
+def _onnxruntime_available(options):
+    from fxc.runtime.ort_engine import unavailable
+    return unavailable(options.device)
+
+
+def _tensorrt_build(gm, options, example_inputs):
+    from fxc.runtime.trt_engine import build
+    return build(gm, options, example_inputs)
+
+
+def _tensorrt_available(options):
+    from fxc.runtime.trt_engine import unavailable
+    return unavailable(options.device)
+
+
+register(Backend("onnxruntime", _onnxruntime_build, _onnxruntime_available))
+register(Backend("tensorrt", _tensorrt_build, _tensorrt_available))

@@ -1,4 +1,5 @@
-"""The `fxc` command line: demo (compile the zoo, show the gain) and compile (print a report)."""
+"""The `fxc` command line: demo (compile the zoo, show the gain), compile (print a report) and
+dump (every stage, model.onnx and an HTML report of the compile)."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,7 @@ import time
 import torch
 
 from . import timing
-from .errors import FxcError
+from .errors import FxcError, FxcOptionError
 
 
 def best_device() -> torch.device:
@@ -85,6 +86,149 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def cmd_dump(args) -> int:
+    """Compile one model with dump_dir=args.out: every stage as fx code, model.onnx and the
+    HTML report (fxc/viz); optionally a screenshot of the report through headless Chromium."""
+    import os
+
+    from fxc import compile as fxc_compile
+
+    if bool(args.model) == bool(args.module):
+        raise FxcOptionError("fxc dump: give either --model NAME (a zoo model) "
+                             "or --module path.py:attr")
+    device = torch.device(args.device) if args.device else best_device()
+    if args.module:
+        model, inputs = load_module(args.module, args.input_shapes)
+    else:
+        from fxc.models import get
+        model, inputs = get(args.model, size=args.size, batch=args.batch)
+    compiled = fxc_compile(model.to(device), tuple(x.to(device) for x in inputs),
+                           precision=args.precision, backend=args.backend, verify=args.verify,
+                           dump_dir=args.out)
+    page = os.path.abspath(os.path.join(args.out, "report.html"))
+    stages = sorted(f for f in os.listdir(args.out) if f.endswith(".py"))
+    onnx = os.path.exists(os.path.join(args.out, "model.onnx"))
+    print(f"fxc dump: {len(stages)} stages ({stages[0]} .. {stages[-1]})"
+          + (", model.onnx" if onnx else "") + f" in {args.out}")
+    print(f"report: file://{page}")
+    if args.screenshot:
+        from fxc.viz.headless import Chromium
+        with Chromium() as browser:
+            browser.open("file://" + page).screenshot(args.screenshot)
+        print(f"screenshot: {args.screenshot}")
+    if args.print_report:
+        print(compiled.report())
+    return 0
+
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+          "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp64": torch.float64,
+          "float64": torch.float64, "int64": torch.int64, "long": torch.int64,
+          "int32": torch.int32, "int": torch.int32, "int8": torch.int8, "uint8": torch.uint8,
+          "bool": torch.bool}
+
+
+def parse_input_shapes(text: str) -> tuple[torch.Tensor, ...]:
+    """'1x3x224x224,1x128:int64' -> example tensors: floats from randn; integers 0 or 1 (valid
+    token ids and masks for any vocabulary); bools at random. A bare ':dtype' is a 0-d tensor."""
+    out = []
+    for spec in (s.strip() for s in text.split(",")):
+        if not spec:
+            continue
+        dims, _, dtype_name = spec.partition(":")
+        dtype = DTYPES.get(dtype_name.strip().lower() or "fp32")
+        try:
+            shape = [int(d) for d in dims.lower().split("x")] if dims.strip() else []
+        except ValueError:
+            shape = None
+        if dtype is None or shape is None or any(d < 0 for d in shape):
+            raise FxcOptionError(f"--input-shapes: cannot read {spec!r}: write dims joined by 'x' "
+                                 f"and an optional ':dtype' ({', '.join(sorted(DTYPES))}), "
+                                 "e.g. 1x3x224x224,1x128:int64")
+        if dtype == torch.bool:
+            out.append(torch.rand(shape) < 0.5)
+        elif dtype.is_floating_point:
+            out.append(torch.randn(shape, dtype=dtype))
+        else:
+            out.append(torch.randint(0, 2, shape, dtype=dtype))
+    return tuple(out)
+
+
+def load_module(spec: str, input_shapes: str | None):
+    """'path.py:attr' -> (model in eval mode, example inputs). `attr` (dotted names allowed)
+    is an nn.Module, an nn.Module class or a function that returns one (called without
+    arguments). Inputs come from --input-shapes, else the file's `example_inputs` (a tuple,
+    or a function returning one)."""
+    import importlib.util
+    import os
+
+    path, sep, attr = spec.rpartition(":")
+    if not sep or not path.endswith(".py") or not attr:
+        raise FxcOptionError(f"--module {spec!r}: expected path/to/file.py:attr")
+    if not os.path.isfile(path):
+        raise FxcOptionError(f"--module: no such file {path!r}")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))  # the file's own imports
+    name = "_fxc_user_" + os.path.splitext(os.path.basename(path))[0]
+    mod_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise FxcOptionError(f"--module: {path} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    model = obj() if not isinstance(obj, torch.nn.Module) and callable(obj) else obj
+    if not isinstance(model, torch.nn.Module):
+        raise FxcOptionError(f"--module {spec!r}: {attr} is not an nn.Module, a Module class "
+                             f"or a function returning one (got {type(model).__name__})")
+    if input_shapes:
+        inputs = parse_input_shapes(input_shapes)
+    elif hasattr(module, "example_inputs"):
+        ex = module.example_inputs
+        inputs = tuple(ex() if callable(ex) else ex)
+    else:
+        raise FxcOptionError("--module needs --input-shapes (e.g. 1x3x224x224,1x128:int64) "
+                             "or an `example_inputs` in the file")
+    return model.eval(), inputs
+
+
+def cmd_bench(args) -> int:
+    from . import bench
+
+    device = torch.device(args.device) if args.device else best_device()
+    batches = [int(b) for b in args.batch.split(",")]
+    backends = args.backends.split(",") if args.backends else bench.available_backends(
+        device, args.precision)
+    models = args.model.split(",")
+    jobs = [(m, b) for m in models for b in batches]
+    rows, ablations = [], {}
+    print(f"fxc bench on {_device_name(device)}, precision={args.precision}, "
+          f"fxc backends={backends}, torch {torch.__version__}", flush=True)
+    for i, (m, b) in enumerate(jobs, 1):
+        progress = lambda what, i=i: print(f"\r[{i}/{len(jobs)}] {what:<60}", end="",  # noqa: E731
+                                           file=sys.stderr, flush=True)
+        rows += bench.bench_one(m, args.size, b, device, args.precision, args.iters,
+                                args.torch_compile, backends, progress)
+        if args.ablate:
+            progress(f"{m} b{b}: ablation")
+            ablations[f"{m}_b{b}"] = bench.ablate(m, args.size, b, device, args.precision,
+                                                  args.iters)
+    print(file=sys.stderr)
+    print(bench.table(rows))
+    for key, abl in ablations.items():
+        print(f"\nablation {key} (each pass left out in turn):")
+        for a in abl:
+            print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in a.items()))
+    if args.out:
+        tag = f"{device.type}_{args.precision}_{'-'.join(models)}"
+        path = bench.write_results(rows, args.out, tag, {"ablation": ablations,
+                                                         "size": args.size})
+        print(f"\nresults: {path} and PNG plots beside it (if matplotlib is installed)")
+    return 0
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
@@ -113,6 +257,33 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--verify", action="store_true")
     comp.add_argument("--dump-dir", default=None)
     comp.set_defaults(fn=cmd_compile)
+    dump = sub.add_parser("dump", help="compile one model and write every stage, model.onnx and "
+                                       "an HTML report (report.html) to --out")
+    _common(dump)
+    dump.add_argument("--model", default=None, help="a zoo model name (fxc.models.names())")
+    dump.add_argument("--module", default=None, metavar="PATH.py:ATTR",
+                      help="your own model: an nn.Module, a Module class or a factory in a file")
+    dump.add_argument("--input-shapes", default=None, metavar="SHAPES",
+                      help="example inputs of --module: 1x3x224x224,1x128:int64 "
+                           "(default dtype fp32)")
+    dump.add_argument("--out", required=True, help="the dump directory")
+    dump.add_argument("--verify", action="store_true")
+    dump.add_argument("--screenshot", default=None, metavar="PNG",
+                      help="also save a screenshot of the report (needs Chromium)")
+    dump.add_argument("--print-report", action="store_true", help="print the compile report too")
+    dump.set_defaults(fn=cmd_dump)
+    b = sub.add_parser("bench", help="benchmark fxc against eager and the peers")
+    b.add_argument("--model", required=True, help="zoo name(s), comma-separated")
+    b.add_argument("--size", default="base", choices=["tiny", "base"])
+    b.add_argument("--batch", default="1", help="comma-separated batch sizes")
+    b.add_argument("--device", default=None)
+    b.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    b.add_argument("--backends", default=None, help="fxc backends (default: all available)")
+    b.add_argument("--iters", type=int, default=100)
+    b.add_argument("--torch-compile", action="store_true", help="also time torch.compile")
+    b.add_argument("--ablate", action="store_true", help="compile once without each pass")
+    b.add_argument("--out", default=None, help="write JSON and PNG plots here")
+    b.set_defaults(fn=cmd_bench)
     return parser
 
 

@@ -24,6 +24,23 @@ class CompileOptions:
     disable_passes: tuple[str, ...] = ()
     # Passes' tunables live here so the benchmark can sweep them; each pass documents its own.
     fold_size_limit: float = 4.0
+    # Reduced precision (passes/cast_precision.py): values over the threshold on the example
+    # inputs stay fp32 (fp16 only; math.inf switches the check off); inputs/outputs keep dtypes.
+    fp16_overflow_threshold: float = 30000.0
+    keep_io_dtype: bool = True
+    # Torch backend runtime (runtime/torch_engine.py, passes/memory_plan.py):
+    plan_memory: bool = True          # intermediates with a real out= kernel go in one arena
+    planner: str = "best"             # arena order: 'best' (try all) or a memory_plan.ORDERS name
+    cuda_graphs: bool = True          # on CUDA, replay the step list as one captured CUDA graph
+    zero_copy_outputs: bool = False   # outputs may be arena/static views, overwritten by the next call
+    host_inputs: bool = False         # a CUDA module takes CPU inputs (staged through pinned buffers)
+    # ONNX lowering and its backends (lowering/, runtime/ort_engine.py, runtime/trt_engine.py):
+    opset: int = 17                   # 17..20; 17 is the first with LayerNormalization (TensorRT 10: 9..24)
+    dynamic_batch: bool = False       # dim 0 of inputs/outputs symbolic where provably batch-agnostic
+    external_data_threshold: int = 2_000_000_000  # ONNX bytes over which tensors go to model.onnx.data
+    ort_threads: int = 0              # ONNX Runtime intra-op threads; 0: the physical cores
+    trt_cache_dir: str | None = None  # TensorRT engine + timing cache dir (None: ~/.cache/fxc/tensorrt)
+    trt_max_batch: int = 32           # dynamic batch: the TensorRT profile's largest batch
 
     @property
     def dtype(self) -> torch.dtype:

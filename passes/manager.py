@@ -45,7 +45,9 @@ class PassContext:
 @dataclasses.dataclass(frozen=True)
 class Pass:
     """One pipeline entry. `numerics` says how verify mode compares it with the stage before:
-    'exact' (bitwise), 'fp32' (assert_close defaults) or 'lowp' (reduced-precision tolerance)."""
+    'exact' (bitwise), 'fp32' (assert_close defaults), 'reassoc' (the same math in another
+    rounding order, e.g. BN folded into weights: relative norm error at rounding level) or
+    'lowp' (reduced-precision tolerance)."""
 
     name: str
     fn: Callable[[fx.GraphModule, PassContext], PassResult]
@@ -128,6 +130,11 @@ def compare(actual: Any, expected: Any, numerics: str) -> str | None:
         return None if ok else "not bitwise equal"
     if numerics == "lowp":
         return lowp_problem(actual, expected)
+    if numerics == "reassoc" and expected.is_floating_point():
+        # Whole graphs amplify reordered fp32 rounding past assert_close's elementwise bounds,
+        # but a real bug moves the norm error far above rounding level.
+        rel = 1e-5 if expected.dtype in (torch.float32, torch.float64) else 4e-3
+        return lowp_problem(actual, expected, rel=rel)
     try:
         torch.testing.assert_close(actual, expected, equal_nan=True)
     except AssertionError as e:

@@ -1,18 +1,36 @@
 """The pass pipeline: one ordered list, one comment a pass.
 
-Read top to bottom, this is what fxc does to a captured graph. Options pick entries through
+Read top to bottom, this is what fxc does to a captured graph. Order matters: clean-up and
+folding first, so patterns are visible; written-out norms/GELUs are recognised before the
+linear-epilogue fusion that needs a whole gelu; attention and the QKV merge come before
+fuse_linear (a merged QKV linear has no activation, so nothing is lost); precision last, so
+fused ops get half inputs; layout after that, over the final ops. Options pick entries through
 each Pass's `when`; any pass can be switched off by name (`disable_passes=`).
 """
 from __future__ import annotations
 
 from . import dce
+from . import cse, fold_constants, noops
+from . import fuse_bn, fuse_conv, fuse_linear
+from . import fuse_attention, merge_parallel_linear, recognize_norm_act
+from . import cast_precision, layout
 from .manager import Pass
 
 PIPELINE: list[Pass] = [
     Pass("dce", dce.run, numerics="exact"),  # drop what nothing uses (export leaves some)
-    # [fold_constants] [cse] [noops]  (clean-up)
-    # [fuse_*]  (fusion rules)
-    # [fp16]  (precision)
+    Pass("noops", noops.run, numerics="exact"),  # drop identity ops, shrink permute/view/cast chains
+    Pass("fold_constants", fold_constants.run),  # precompute what depends on constants alone
+    Pass("cse", cse.run, numerics="exact"),  # merge duplicate computations and identical constants
+    Pass("recognize_norm_act", recognize_norm_act.run),  # written-out norms, GELU, SiLU -> one aten op
+    Pass("fuse_attention", fuse_attention.run),  # q@k^T, scale, mask, softmax, @v -> aten SDPA
+    Pass("merge_parallel_linear", merge_parallel_linear.run),  # linears on one input -> one GEMM + split (QKV)
+    Pass("fuse_bn", fuse_bn.run, numerics="reassoc"),  # fold eval BN into conv/linear weights
+    Pass("fuse_conv", fuse_conv.run, numerics="reassoc"),  # conv2d + bias (+ residual add) + activation -> one fxc op
+    Pass("fuse_linear", fuse_linear.run, numerics="reassoc"),  # linear + bias + relu/gelu -> fxc::linear_act
+    Pass("cast_precision", cast_precision.run, numerics="lowp",  # fp16/bf16 compute, sensitive ops in fp32
+         when=lambda o: o.precision != "fp32"),
+    Pass("layout", layout.run, numerics="lowp",  # channels-last convs where measured faster (layout.py: why lowp)
+         when=lambda o: o.device.type == "cuda"),
 ]
 
 

@@ -28,7 +28,9 @@ class Rule:
 
 @dataclasses.dataclass(frozen=True)
 class Refuse:
-    """A rule's anchor matched but the rewrite would change what the graph computes."""
+    """A rule's anchor matched but the rewrite would change what the graph computes.
+
+    Falsy on purpose (a refusal is not a match); so test for it with isinstance, not `if`."""
 
     reason: str
 
@@ -45,8 +47,8 @@ def run_rules(gm: fx.GraphModule, rules: list[Rule], ctx: PassContext,
         changed = 0
         refused.clear()
         for node in list(gm.graph.nodes):
-            if node.graph is not gm.graph or node.op != "call_function":
-                continue  # erased by an earlier rewrite of this sweep
+            if getattr(node, "_erased", False) or node.op != "call_function":
+                continue  # erased by an earlier rewrite of this sweep (fx keeps node.graph)
             for rule in rules:
                 m = rule.match(node, ctx)
                 if isinstance(m, Refuse):

@@ -26,13 +26,26 @@ def torchvision_models():
              "vit_b_16", "regnet_y_400mf", "densenet121"]]
 
 
+def timm_models():
+    try:
+        import timm
+    except Exception:
+        return []
+    img = lambda: (torch.randn(1, 3, 224, 224),)  # noqa: E731
+    return [(f"timm/{name}", lambda name=name: timm.create_model(name, pretrained=False), img)
+            for name in ["seresnext26d_32x4d", "efficientnet_b0", "swin_tiny_patch4_window7_224",
+                         "convnext_tiny"]]
+
+
 def transformers_models():
     try:
         import transformers as tf
     except Exception:
         return []
-    ids = lambda: (torch.randint(0, 1000, (1, 32)), torch.ones(1, 32, dtype=torch.int64))  # noqa: E731
+    ids = lambda: {"input_ids": torch.randint(0, 1000, (1, 32)),  # noqa: E731
+                   "attention_mask": torch.ones(1, 32, dtype=torch.int64)}
     cfgs = [("bert", tf.BertConfig(num_hidden_layers=2), tf.BertModel),
+            ("gpt2", tf.GPT2Config(n_layer=2, use_cache=False), tf.GPT2Model),
             ("llama", tf.LlamaConfig(num_hidden_layers=2, hidden_size=256, intermediate_size=512,
                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=1000,
                                      use_cache=False),
@@ -46,20 +59,22 @@ def main() -> int:
     p.add_argument("--precision", default="fp32")
     args = p.parse_args()
     failed = 0
-    for name, build, inputs in torchvision_models() + transformers_models():
+    for name, build, inputs in torchvision_models() + timm_models() + transformers_models():
         torch.manual_seed(0)
         model = build().eval().to(args.device)
-        x = tuple(t.to(args.device) for t in inputs())
+        raw = inputs()
+        kw = {k: v.to(args.device) for k, v in raw.items()} if isinstance(raw, dict) else {}
+        x = tuple(t.to(args.device) for t in raw) if not kw else ()
         t0 = time.perf_counter()
         try:
-            compiled = fxc.compile(model, x, precision=args.precision)
-            out = compiled(*x)
+            compiled = fxc.compile(model, kw or x, precision=args.precision)
+            out = compiled(*x, **kw)
         except fxc.FxcError as e:
             failed += 1
             print(f"{name:<22} FAILED {type(e).__name__}: {str(e).splitlines()[0]}")
             continue
         with torch.no_grad():
-            ref = model(*x)
+            ref = model(*x, **kw)
         abs_err, rel = max_error(out, ref)
         print(f"{name:<22} ok  compile {time.perf_counter() - t0:6.1f} s  nodes "
               f"{compiled.report_data.captured_nodes:>5}  max abs err {abs_err:.2e}  rel {rel:.2e}",

@@ -9,3 +9,7 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if tuple(map(int, torch.__version__
   "$PY" -m pip install -q "torch==2.13.0"
 fi
 "$PY" -m pip install -q -e ".[dev]"
+# The report tests (tests/test_viz.py) drive a real headless Chromium: Debian's package.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
+  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+fi

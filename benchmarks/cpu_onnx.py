@@ -1,0 +1,203 @@
+"""CPU benchmark: eager vs torch.compile vs ONNX Runtime on torch.onnx.export's graph vs fxc
+through ONNX Runtime (and fxc's torch runtime), FP32, batch 1, base-size zoo models.
+
+    python3 benchmarks/cpu_onnx.py [--models resnet18,resnet50,mobilenet_v2,bert]
+                                   [--threads 2] [--rounds 15] [--calls 3] [--json out.json]
+
+Protocol (shared/BENCHMARKS.md): one process, every runner timed in the same run with
+`time.perf_counter`; after warm-up, `rounds` rounds each time `calls` calls of every runner
+in turn (interleaved, so that load from other processes on a shared machine hits all of
+them alike), over 3 rotating input sets; the median per call is reported, with p90 and the
+max abs / relative-norm error against eager on the same inputs. ONNX Runtime runs the
+exported graph with the same session options fxc uses (ORT_ENABLE_ALL, sequential, the same
+intra-op thread count) and the same IO binding (inputs from torch memory, outputs into
+torch tensors). The load average before and after is printed: the machine may be shared.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.utils._pytree as pytree
+
+import fxc
+from fxc.models import get
+from fxc.runtime.ort_engine import NUMPY_DTYPES
+
+
+def leaves(out):
+    return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def errors(out, ref) -> tuple[float, float]:
+    a, b = leaves(out), leaves(ref)
+    mx = max(float((x.float() - y.float()).abs().max()) for x, y in zip(a, b))
+    rel = max(float((x.double() - y.double()).norm() / y.double().norm().clamp_min(1e-30))
+              for x, y in zip(a, b))
+    return mx, rel
+
+
+def ort_export_runner(model, inputs, threads: int, workdir: str):
+    """torch.onnx.export's graph (the classic TorchScript exporter; dynamo if it fails) in an
+    InferenceSession set up as fxc's, run through the same IO binding."""
+    import onnxruntime as ort
+    path = os.path.join(workdir, "exported.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(model, tuple(inputs), path, dynamo=False, opset_version=17)
+            how = "torch.onnx.export(dynamo=False)"
+        except Exception:
+            torch.onnx.export(model, tuple(inputs), path, dynamo=True, opset_version=18)
+            how = "torch.onnx.export(dynamo=True)"
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    in_names = [i.name for i in sess.get_inputs()]
+    with torch.no_grad():
+        ref = leaves(model(*inputs))
+    out_meta = [(o.name, r.dtype, tuple(r.shape)) for o, r in zip(sess.get_outputs(), ref)]
+    binding = sess.io_binding()
+    # The exporter may drop inputs the graph does not read: bind by the names it kept.
+    keep = list(range(len(inputs))) if len(in_names) == len(inputs) else _match(sess, inputs)
+
+    def run(*xs):
+        kept = []
+        for name, i in zip(in_names, keep):
+            x = xs[i].contiguous()
+            kept.append(x)
+            binding.bind_input(name, "cpu", 0, NUMPY_DTYPES[x.dtype], tuple(x.shape), x.data_ptr())
+        outs = []
+        for name, dtype, shape in out_meta:
+            y = torch.empty(shape, dtype=dtype)
+            binding.bind_output(name, "cpu", 0, NUMPY_DTYPES[dtype], shape, y.data_ptr())
+            outs.append(y)
+        sess.run_with_iobinding(binding)
+        return outs
+
+    return run, how
+
+
+def _match(sess, inputs):
+    """Input positions for an exported graph that kept fewer inputs: match by shape/dtype."""
+    out, used = [], set()
+    for i in sess.get_inputs():
+        for j, x in enumerate(inputs):
+            if j not in used and list(x.shape) == list(i.shape):
+                out.append(j)
+                used.add(j)
+                break
+    return out
+
+
+def bench_model(name: str, threads: int, rounds: int, calls: int) -> dict:
+    model, inputs = get(name, size="base", batch=1, seed=0)
+    sets = [inputs] + [get(name, size="base", batch=1, seed=s)[1] for s in (1, 2)]
+    runners, compile_s, notes = {}, {}, {}
+
+    def eager(*xs):
+        with torch.no_grad():
+            return model(*xs)
+
+    runners["eager"] = eager
+    t0 = time.perf_counter()
+    compiled_tc = torch.compile(model)
+    with torch.no_grad():
+        compiled_tc(*inputs)
+    compile_s["torch.compile"] = time.perf_counter() - t0
+
+    def tc(*xs):
+        with torch.no_grad():
+            return compiled_tc(*xs)
+
+    runners["torch.compile"] = tc
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        runners["ORT (onnx.export)"], notes["exporter"] = ort_export_runner(model, inputs, threads, d)
+        compile_s["ORT (onnx.export)"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    runners["fxc ORT"] = fxc.compile(model, inputs, backend="onnxruntime", ort_threads=threads)
+    runners["fxc ORT"](*inputs)
+    compile_s["fxc ORT"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    runners["fxc torch"] = fxc.compile(model, inputs, backend="torch")
+    runners["fxc torch"](*inputs)
+    compile_s["fxc torch"] = time.perf_counter() - t0
+
+    refs = [eager(*xs) for xs in sets]
+    err = {k: max(errors(r(*xs), ref) for xs, ref in zip(sets, refs)) for k, r in runners.items()}
+    for r in runners.values():  # warm-up
+        for xs in sets:
+            r(*xs)
+    times = {k: [] for k in runners}
+    for i in range(rounds):
+        xs = sets[i % len(sets)]
+        for k, r in runners.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                r(*xs)
+            times[k].append((time.perf_counter() - t0) / calls * 1e3)
+    result = {"model": name, "threads": threads, "compile_s": compile_s, "notes": notes, "runners": {}}
+    for k, ts in times.items():
+        ts = sorted(ts)
+        result["runners"][k] = {"median_ms": statistics.median(ts),
+                                "p90_ms": ts[min(len(ts) - 1, int(0.9 * len(ts)))],
+                                "max_abs_err": err[k][0], "rel_err": err[k][1]}
+    return result
+
+
+def table(results: list[dict]) -> str:
+    names = list(results[0]["runners"])
+    lines = ["| model | " + " | ".join(names) + " | fxc ORT / ORT(export) |",
+             "|---|" + "---|" * (len(names) + 1)]
+    for r in results:
+        cells = [f"{r['runners'][k]['median_ms']:.2f} ({r['runners'][k]['rel_err']:.0e})"
+                 for k in names]
+        ratio = r["runners"]["ORT (onnx.export)"]["median_ms"] / r["runners"]["fxc ORT"]["median_ms"]
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | {ratio:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="resnet18,resnet50,mobilenet_v2,bert")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--calls", type=int, default=3)
+    ap.add_argument("--json", default=None, help="write the results here as JSON")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    results = []
+    for name in args.models.split(","):
+        print(f"[{name}] ...", file=sys.stderr, flush=True)
+        results.append(bench_model(name, args.threads, args.rounds, args.calls))
+        print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    load_after = os.getloadavg()
+    print(f"FP32, batch 1, base size, {args.threads} threads, median ms per call (relative "
+          f"norm error vs eager); {args.rounds} interleaved rounds x {args.calls} calls")
+    print(f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}, "
+          f"{os.cpu_count()} CPUs; load average before {load_before[0]:.1f}, after {load_after[0]:.1f}")
+    print(table(results))
+    print("compile / export seconds: " + "; ".join(
+        f"{r['model']}: " + ", ".join(f"{k} {v:.1f}" for k, v in r["compile_s"].items())
+        for r in results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"load_before": load_before, "load_after": load_after, "results": results}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

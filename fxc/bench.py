@@ -1,0 +1,303 @@
+"""`fxc bench`: fxc against eager and the peers, in one process, as ../shared/BENCHMARKS.md says.
+
+Every runner of a table is built and timed in the same run: warm-up, then `iters` calls over
+3 rotating input sets, CUDA events on GPU (perf_counter on CPU); median, p90, p99, throughput,
+compile time (module to first result), peak memory during inference (GPU, weights excluded)
+and the max error against eager FP32 on the same inputs.
+
+Runners: eager_fp32, eager_<precision>, eager_<precision>_cudagraph (GPU), torch.compile
+default and reduce-overhead (GPU, --torch-compile), ort_export (CPU: ONNX Runtime on the graph
+torch.onnx.export writes) and fxc with each available backend.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from typing import Callable
+
+import torch
+
+from . import timing
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclasses.dataclass
+class Row:
+    model: str
+    batch: int
+    runner: str
+    median_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    throughput: float | None = None       # samples / s
+    compile_s: float | None = None
+    peak_mem_mb: float | None = None      # GPU: peak allocated during calls, beyond the weights
+    max_abs_err: float | None = None
+    rel_err: float | None = None
+    error: str | None = None
+
+
+def _cast_inputs(inputs: tuple, dtype: torch.dtype) -> tuple:
+    return tuple(x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+                 for x in inputs)
+
+
+def _eager(model, precision, device):
+    m = copy.deepcopy(model).to(device)
+    if precision != "fp32":
+        m = m.to(DTYPES[precision])
+    dtype = DTYPES[precision]
+
+    def run(*xs):
+        return m(*_cast_inputs(xs, dtype))
+    return run
+
+
+def _eager_cudagraph(model, precision, device, example):
+    """The eager model replayed as one CUDA graph over static input buffers."""
+    run_eager = _eager(model, precision, device)
+    static = [x.clone() for x in example]
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.no_grad():
+        for _ in range(3):
+            run_eager(*static)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        static_out = run_eager(*static)
+
+    def run(*xs):
+        for s, x in zip(static, xs):
+            s.copy_(x)
+        graph.replay()
+        return static_out
+    return run
+
+
+def _torch_compile(model, precision, device, mode):
+    run_eager = _eager(model, precision, device)
+    return torch.compile(run_eager, mode=mode)
+
+
+def _fxc(model, precision, device, example, backend, disable=()):
+    import fxc
+    compiled = fxc.compile(model, example, device=device, precision=precision, backend=backend,
+                           disable_passes=disable)
+    return compiled
+
+
+def runners(device: torch.device, precision: str, with_torch_compile: bool,
+            fxc_backends: list[str]) -> list[tuple[str, Callable]]:
+    """(name, build(model, example) -> callable) in table order."""
+    out = [("eager_fp32", lambda m, ex: _eager(m, "fp32", device))]
+    if precision != "fp32":
+        out.append((f"eager_{precision}", lambda m, ex: _eager(m, precision, device)))
+    if device.type == "cuda":
+        out.append((f"eager_{precision}_cudagraph",
+                    lambda m, ex: _eager_cudagraph(m, precision, device, ex)))
+        if with_torch_compile:
+            out.append(("torch.compile", lambda m, ex: _torch_compile(m, precision, device, None)))
+            out.append(("torch.compile_ro",
+                        lambda m, ex: _torch_compile(m, precision, device, "reduce-overhead")))
+    else:
+        out.append(("ort_export", lambda m, ex: _ort_export(m, ex)))
+        if with_torch_compile:
+            out.append(("torch.compile", lambda m, ex: _torch_compile(m, precision, device, None)))
+    for b in fxc_backends:
+        out.append((f"fxc_{b}", lambda m, ex, b=b: _fxc(m, precision, device, ex, b)))
+    return out
+
+
+def _ort_export(model, example):
+    from .peers import ort_export_runner
+    run, _how = ort_export_runner(model, example, threads=torch.get_num_threads())
+    return run
+
+
+def available_backends(device: torch.device, precision: str) -> list[str]:
+    from . import backends
+    from .options import resolve
+    names = []
+    for name in ("torch", "onnxruntime", "tensorrt"):
+        opts = resolve(device=device, precision=precision, backend=name, verify=False,
+                       dump_dir=None, disable_passes=(), default_device=device)
+        try:
+            backends.choose(opts)
+            names.append(name)
+        except Exception:
+            continue
+    return names
+
+
+def bench_one(name: str, size: str, batch: int, device: torch.device, precision: str,
+              iters: int, with_torch_compile: bool, backends_: list[str],
+              progress: Callable[[str], None] = lambda s: None) -> list[Row]:
+    from .models import get
+    model, example = get(name, size=size, batch=batch, seed=0)
+    example = tuple(x.to(device) for x in example)
+    sets = [tuple(x.to(device) for x in get(name, size=size, batch=batch, seed=s)[1])
+            for s in (0, 1, 2)]
+    with torch.no_grad():
+        refs = [model.to(device)(*s) for s in sets]
+    rows = []
+    for rname, build in runners(device, precision, with_torch_compile, backends_):
+        progress(f"{name} b{batch}: {rname}")
+        rows.append(_measure(name, batch, rname, build, model, example, sets, refs, device, iters))
+    model.cpu()
+    return rows
+
+
+def _measure(name, batch, rname, build, model, example, sets, refs, device, iters) -> Row:
+    row = Row(name, batch, rname)
+    try:
+        _sync(device)
+        t0 = time.perf_counter()
+        fn = build(model, example)
+        with torch.no_grad():
+            out = fn(*example)
+        _sync(device)
+        row.compile_s = time.perf_counter() - t0
+        with torch.no_grad():
+            row.max_abs_err, row.rel_err = timing.max_error(fn(*sets[1]), refs[1])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+        t = timing.measure(fn, sets, device=device, warmup=10, iters=iters)
+        if device.type == "cuda":
+            row.peak_mem_mb = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        row.median_ms, row.p90_ms, row.p99_ms = t.median_ms, t.p90_ms, t.p99_ms
+        row.throughput = batch / (t.median_ms / 1e3)
+        del fn, out
+    except Exception as e:  # a peer that cannot run this model is a row, not a crash
+        row.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def machine() -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def table(rows: list[Row]) -> str:
+    """Terminal table: one line a runner, with the speed-up over the best peer per model."""
+    hdr = (f"{'model':<14}{'batch':>6}  {'runner':<26}{'median ms':>10}{'p90':>9}{'p99':>9}"
+           f"{'compile s':>10}{'peak MB':>9}{'rel err':>10}")
+    lines = [hdr, "-" * len(hdr)]
+    for r in rows:
+        if r.error:
+            lines.append(f"{r.model:<14}{r.batch:>6}  {r.runner:<26}  failed: {r.error}")
+            continue
+        mem = f"{r.peak_mem_mb:>9.1f}" if r.peak_mem_mb is not None else f"{'':>9}"
+        lines.append(f"{r.model:<14}{r.batch:>6}  {r.runner:<26}{r.median_ms:>10.3f}"
+                     f"{r.p90_ms:>9.3f}{r.p99_ms:>9.3f}{r.compile_s:>10.2f}{mem}{r.rel_err:>10.1e}")
+    lines += ["", "fxc vs the best peer (median; >1 means fxc is faster):"]
+    lines += [f"  {line}" for line in ratios(rows)]
+    return "\n".join(lines)
+
+
+def ratios(rows: list[Row]) -> list[str]:
+    out = []
+    for key in sorted({(r.model, r.batch) for r in rows}, key=lambda k: (k[0], k[1])):
+        group = [r for r in rows if (r.model, r.batch) == key and r.median_ms]
+        peers = [r for r in group if not r.runner.startswith("fxc")]
+        mine = [r for r in group if r.runner.startswith("fxc")]
+        if not peers or not mine:
+            continue
+        best_peer = min(peers, key=lambda r: r.median_ms)
+        best = min(mine, key=lambda r: r.median_ms)
+        out.append(f"{key[0]} b{key[1]}: {best.runner} {best.median_ms:.3f} ms vs "
+                   f"{best_peer.runner} {best_peer.median_ms:.3f} ms = "
+                   f"{best_peer.median_ms / best.median_ms:.2f}x")
+    return out
+
+
+def ablate(name: str, size: str, batch: int, device: torch.device, precision: str,
+           iters: int) -> list[dict]:
+    """Compile once with each pass left out: each pass's share of latency, memory and error."""
+    import fxc
+    from .models import get
+    from .passes import names as pass_names
+    model, example = get(name, size=size, batch=batch, seed=0)
+    example = tuple(x.to(device) for x in example)
+    with torch.no_grad():
+        ref = model.to(device)(*example)
+    sets = timing.rotated_inputs(example)
+    out = []
+    for left_out in [None] + pass_names():
+        try:
+            c = fxc.compile(model, example, device=device, precision=precision, backend="torch",
+                            disable_passes=(left_out,) if left_out else ())
+            t = timing.measure(c, sets, device=device, iters=iters)
+            _, rel = timing.max_error(c(*example), ref)
+            plan = c.memory_plan
+            out.append(dict(without=left_out or "(none)", median_ms=t.median_ms, rel_err=rel,
+                            arena_bytes=getattr(plan, "arena_bytes", None),
+                            nodes=c.report_data.records[-1].nodes_after))
+        except Exception as e:
+            out.append(dict(without=left_out, error=f"{type(e).__name__}: {e}"[:200]))
+    return out
+
+
+def write_results(rows: list[Row], out_dir: str, tag: str, extra: dict | None = None) -> str:
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{tag}.json")
+    with open(path, "w") as f:
+        json.dump({"machine": machine(), "rows": [dataclasses.asdict(r) for r in rows],
+                   **(extra or {})}, f, indent=1)
+    plot(rows, os.path.join(out_dir, f"{tag}"))
+    return path
+
+
+def plot(rows: list[Row], prefix: str) -> None:
+    """PNG plots: latency per runner, and speed-up over eager FP32, one group a model."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:
+        print("matplotlib not installed: no plots", file=sys.stderr)
+        return
+    keys = sorted({(r.model, r.batch) for r in rows})
+    names = list(dict.fromkeys(r.runner for r in rows))
+    for kind in ("latency", "speedup"):
+        fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(keys)), 4))
+        width = 0.8 / max(1, len(names))
+        for j, n in enumerate(names):
+            vals = []
+            for k in keys:
+                r = next((r for r in rows if (r.model, r.batch) == k and r.runner == n), None)
+                base = next((r for r in rows if (r.model, r.batch) == k
+                             and r.runner == "eager_fp32"), None)
+                v = r.median_ms if r and r.median_ms else 0.0
+                if kind == "speedup":
+                    v = base.median_ms / v if v and base and base.median_ms else 0.0
+                vals.append(v)
+            ax.bar([i + j * width for i in range(len(keys))], vals, width, label=n)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(keys))])
+        ax.set_xticklabels([f"{m}\nb{b}" for m, b in keys], fontsize=8)
+        ax.set_ylabel("median ms (log)" if kind == "latency" else "speed-up over eager FP32")
+        if kind == "latency":
+            ax.set_yscale("log")
+        ax.legend(fontsize=7, ncol=2)
+        ax.set_title(f"{kind} — {machine().get('gpu', machine()['cpu'])}")
+        fig.tight_layout()
+        fig.savefig(f"{prefix}_{kind}.png", dpi=110)
+        plt.close(fig)

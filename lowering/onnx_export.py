@@ -1,0 +1,224 @@
+"""The optimized fx graph -> one ONNX model, through our converter registry.
+
+Invariants of every model `to_onnx` returns:
+- it computes what the graph computes: inputs in placeholder order named after the
+  placeholders, outputs `output_0..` in the graph's flat output order (constants that are not
+  tensors are kept aside in `LoweredOnnx.const_outputs`);
+- every node is named after the fx node it came from and carries the user's source line;
+- weights are initializers, in the graph's own dtypes (FP16 graphs stay FP16);
+- `onnx.checker.check_model(full_check=True)` (which runs strict shape inference) passes.
+Every unsupported node is found before anything fails: one FxcUnsupportedOpError lists all.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import operator
+import os
+from typing import Any
+
+import onnx
+import torch
+import torch.fx as fx
+from onnx import helper
+
+from fxc import ir
+from fxc.errors import FxcOptionError, FxcUnsupportedOpError
+
+from . import batch as batch_rules
+from .builder import Builder, onnx_dtype, to_tensor_proto
+from .registry import Refuse, lookup
+
+DEFAULT_OPSET = 17      # the first opset with LayerNormalization; TensorRT 10 parses 9..24
+OPSETS = range(17, 21)  # what our converters are written for (Reduce* axes move at 18)
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+@dataclasses.dataclass
+class LoweredOnnx:
+    model: onnx.ModelProto
+    input_names: list[str]
+    output_names: list[str]                 # one per tensor output, in flat output order
+    output_slots: list[Any]                 # per flat output: an index into output_names or
+    #                                         ('const', value) for a non-tensor output
+    batch_outputs: list[bool]               # per tensor output: dim 0 is the dynamic batch
+    dynamic_batch: bool
+    opset: int
+    captured_batch: int | None = None       # dim 0 of the first input at capture
+
+    def op_types(self) -> set[str]:
+        return {n.op_type for n in self.model.graph.node}
+
+
+def to_onnx(gm: fx.GraphModule, *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = False,
+            backend: str = "onnx", check: bool = True) -> LoweredOnnx:
+    """Lower `gm`; raises FxcUnsupportedOpError listing every node it cannot lower."""
+    if opset not in OPSETS:
+        raise FxcOptionError(f"opset={opset}: fxc's converters emit opsets "
+                             f"{OPSETS.start}..{OPSETS.stop - 1}")
+    b = Builder(opset)
+    refusals: dict[fx.Node, str] = {}
+    if dynamic_batch:
+        b.batch, found = batch_rules.analyze(gm)
+        refusals.update({n: f"dynamic_batch: {why}" for n, why in found})
+    inputs, initializers_seen = [], {}
+    unsupported: list[tuple[str, str, str | None]] = []
+    total = 0
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            inputs.append(_input(b, node, dynamic_batch))
+            if node in refusals:
+                unsupported.append((f"input ({refusals[node]})", node.name, None))
+        elif node.op == "get_attr":
+            _get_attr(b, node, gm, initializers_seen)
+        elif node.op == "call_function":
+            counted = node.target is not operator.getitem
+            total += counted
+            why = refusals.get(node) or _convert(b, node)
+            if why:
+                unsupported.append((f"{ir.op_name(node)} ({why})" if why != "no converter"
+                                    else ir.op_name(node), node.name, ir.source_line(node)))
+                b.env[node] = _missing(node)
+        elif node.op == "output":
+            out_node = node
+        else:
+            unsupported.append((f"{node.op}:{node.target}", node.name, ir.source_line(node)))
+    if unsupported:
+        raise FxcUnsupportedOpError(backend, unsupported, total)
+    graph_outputs, names, slots, batch_outs = _outputs(b, out_node, inputs, dynamic_batch)
+    used = {i for n in b.nodes for i in n.input} | set(names)
+    initializers = [t for t in b.initializers if t.name in used]  # a refused path's leftovers
+    graph = helper.make_graph(b.nodes, "fxc", inputs, graph_outputs, initializers)
+    model = helper.make_model(graph, producer_name="fxc",
+                              opset_imports=[helper.make_opsetid("", opset)])
+    # The IR the opset shipped with, not onnx's newest: the widest set of runtimes loads it.
+    model.ir_version = helper.find_min_ir_version_for([helper.make_opsetid("", opset)])
+    if check:
+        check_model(model)
+    first = next((n for n in gm.graph.nodes if n.op == "placeholder"), None)
+    captured = int(first.meta["val"].shape[0]) if first is not None and first.meta["val"].dim() else None
+    return LoweredOnnx(model, [i.name for i in inputs], names, slots, batch_outs, dynamic_batch,
+                       opset, captured)
+
+
+def _missing(node: fx.Node):
+    """A stand-in value for a node that did not lower, so later nodes can still be checked."""
+    val = node.meta.get("val")
+    if isinstance(val, (tuple, list)):
+        return [f"{node.name}/missing{i}" for i in range(len(val))]
+    return f"{node.name}/missing"
+
+
+def _convert(b: Builder, node: fx.Node) -> str | None:
+    """Run the node's converter; returns why it is unsupported, or None."""
+    if node.target is operator.getitem:
+        src, i = node.args
+        vals = b.env.get(src)
+        if not isinstance(vals, (list, tuple)) or vals[i] is None:
+            return f"output {i} of %{src.name} is not lowered"
+        b.env[node] = vals[i]
+        return None
+    fn = lookup(node.target)
+    if fn is None:
+        return "no converter"
+    b.begin(node)
+    try:
+        result = fn(b, node)
+    except Exception as e:  # a converter bug: report it at compile time, with the node
+        return f"converter failed: {type(e).__name__}: {e}"
+    if isinstance(result, Refuse):
+        return result.reason
+    b.env[node] = result
+    return None
+
+
+def _input(b: Builder, node: fx.Node, dynamic_batch: bool) -> onnx.ValueInfoProto:
+    val = node.meta.get("val")
+    if not isinstance(val, torch.Tensor):
+        raise FxcUnsupportedOpError("onnx", [(f"non-tensor input {type(val).__name__}",
+                                              node.name, None)], 0)
+    b.env[node] = node.name
+    shape: list[Any] = list(val.shape)
+    if dynamic_batch and shape:
+        shape[0] = "batch"
+    return helper.make_tensor_value_info(node.name, onnx_dtype(val.dtype), shape)
+
+
+def _get_attr(b: Builder, node: fx.Node, gm: fx.GraphModule, seen: dict) -> None:
+    if not node.users:
+        return  # nothing reads it: no initializer (ORT would warn and drop it)
+    if node.target in seen:  # one initializer per attribute, however often it is read
+        b.env[node] = seen[node.target]
+        return
+    obj = gm
+    for part in node.target.split("."):
+        obj = getattr(obj, part)
+    if not isinstance(obj, torch.Tensor):
+        b.env[node] = _missing(node)
+        return
+    name = node.target
+    b.initializers.append(to_tensor_proto(obj, name))
+    b.env[node] = seen[node.target] = name
+
+
+def _outputs(b: Builder, out_node: fx.Node, inputs, dynamic_batch: bool):
+    """Name tensor outputs output_0.. (renaming the producer's value, or an Identity where the
+    value is an input, an initializer or already an output)."""
+    produced = {o for n in b.nodes for o in n.output}
+    renames: dict[str, str] = {}
+    graph_outputs, names, slots, batch_outs = [], [], [], []
+    for arg in out_node.args[0]:
+        if not isinstance(arg, fx.Node) or not isinstance(arg.meta.get("val"), torch.Tensor):
+            slots.append(("const", arg if not isinstance(arg, fx.Node) else arg.meta.get("val")))
+            continue
+        v, out_name = b.value(arg), f"output_{len(names)}"
+        if v in produced and v not in renames:
+            renames[v] = out_name
+        else:
+            b.begin(None)
+            b.nodes.append(helper.make_node("Identity", [renames.get(v, v)], [out_name],
+                                            name=f"{out_name}/identity"))
+        val = arg.meta["val"]
+        is_batch = bool(dynamic_batch and b.batch.get(arg) and val.dim())
+        shape: list[Any] = list(val.shape)
+        if is_batch:
+            shape[0] = "batch"
+        graph_outputs.append(helper.make_tensor_value_info(out_name, onnx_dtype(val.dtype), shape))
+        slots.append(len(names))
+        names.append(out_name)
+        batch_outs.append(is_batch)
+    for n in b.nodes:
+        for i, x in enumerate(n.input):
+            if x in renames:
+                n.input[i] = renames[x]
+        for i, x in enumerate(n.output):
+            if x in renames:
+                n.output[i] = renames[x]
+    return graph_outputs, names, slots, batch_outs
+
+
+# -- checking and saving ------------------------------------------------------------------------
+
+def check_model(model: onnx.ModelProto, path: str | None = None) -> None:
+    """onnx.checker with full_check (strict shape and type inference); by path over 2 GB."""
+    if path is not None:
+        onnx.checker.check_model(path, full_check=True)
+    elif model.ByteSize() < PROTOBUF_LIMIT:
+        onnx.checker.check_model(model, full_check=True)
+
+
+def save(model: onnx.ModelProto, path: str, external_threshold: int = 2_000_000_000) -> list[str]:
+    """Write `model` to `path`; with tensor data in `<name>.data` beside it when the model is
+    over `external_threshold` bytes (protobuf cannot hold 2 GB). Returns the files written."""
+    if model.ByteSize() <= min(external_threshold, PROTOBUF_LIMIT):
+        onnx.save_model(model, path)
+        return [os.path.basename(path)]
+    location = os.path.basename(path) + ".data"
+    if os.path.exists(os.path.join(os.path.dirname(path), location)):
+        os.remove(os.path.join(os.path.dirname(path), location))  # save_model appends
+    # save_model rewrites the tensors it moves out: leave the caller's model as it was.
+    # Tensors under 1 KiB stay inline: shape inference must read axes and shapes.
+    onnx.save_model(copy.deepcopy(model), path, save_as_external_data=True,
+                    all_tensors_to_one_file=True, location=location, size_threshold=1024)
+    moved = os.path.exists(os.path.join(os.path.dirname(path), location))
+    return [os.path.basename(path)] + ([location] if moved else [])

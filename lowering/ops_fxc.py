@@ -1,0 +1,97 @@
+"""Converters for fxc's fused ops (fxc/ops/): the fused op is written back out as the ONNX ops
+it stands for (Conv + Add + Relu, Gemm + Gelu...); ONNX Runtime and TensorRT fuse those
+patterns again themselves.
+
+An op that a pass emits but that has no converter here is reported as unsupported, like any
+other op, so a new fused op cannot silently miss its converter.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import batch as batch_rules
+from .builder import Builder, out_meta, rank_of
+from .ops_elementwise import gelu_expr
+from .registry import Refuse, converter
+
+fxc_ops = torch.ops.fxc
+
+
+def activation(b: Builder, y: str, act: str, act_args, dt) -> str | Refuse:
+    """The activations of fxc/ops/conv.py's ACTIVATIONS, as ONNX ops."""
+    if act == "relu":
+        return b.op("Relu", [y])
+    if act == "hardtanh":
+        lo, hi = act_args
+        return b.op("Clip", [y, b.scalar(lo, dt), b.scalar(hi, dt)])
+    if act == "silu":
+        return b.op("Mul", [y, b.op("Sigmoid", [y])])
+    if act in ("gelu", "gelu_tanh"):
+        return gelu_expr(b, y, dt, "tanh" if act == "gelu_tanh" else "none")
+    if act == "sigmoid":
+        return b.op("Sigmoid", [y])
+    if act == "hardswish":
+        return b.op("HardSwish", [y])
+    return Refuse(f"activation {act!r} has no ONNX form here")
+
+
+def _conv(b: Builder, x, w, bias, stride, padding, dilation, groups, dt) -> str:
+    n = len(stride)
+    inputs = [b.tensor(x, dt), b.tensor(w, dt)] + ([b.tensor(bias, dt)] if bias is not None else [])
+    return b.op("Conv", inputs, strides=list(stride), pads=list(padding) * 2,
+                dilations=list(dilation), group=int(groups),
+                kernel_shape=list(w.meta["val"].shape[2:2 + n]))
+
+
+def _register():
+    if not hasattr(fxc_ops, "conv2d_act"):
+        return  # fxc.ops not imported: nothing emits these
+
+    @converter(fxc_ops.conv2d_act.default)
+    def conv2d_act(b: Builder, node):
+        """fxc::conv2d_act(Tensor x, Tensor w, Tensor? b, int[] stride, int[] padding, int[] dilation, int groups, str act, float[] act_args) -> Tensor"""
+        x, w, bias, stride, padding, dilation, groups, act, act_args = node.args
+        dt = out_meta(node).dtype
+        return activation(b, _conv(b, x, w, bias, stride, padding, dilation, groups, dt),
+                          act, act_args, dt)
+
+    @converter(fxc_ops.conv2d_add_act.default)
+    def conv2d_add_act(b: Builder, node):
+        """fxc::conv2d_add_act(Tensor x, Tensor w, Tensor? b, Tensor residual, int[] stride, int[] padding, int[] dilation, int groups, str act, float[] act_args) -> Tensor"""
+        x, w, bias, residual, stride, padding, dilation, groups, act, act_args = node.args
+        dt = out_meta(node).dtype
+        y = _conv(b, x, w, bias, stride, padding, dilation, groups, dt)
+        return activation(b, b.op("Add", [y, b.tensor(residual, dt)]), act, act_args, dt)
+
+    @converter(fxc_ops.linear_act.default)
+    def linear_act(b: Builder, node):
+        """fxc::linear_act(Tensor x, Tensor w, Tensor? b, str act) -> Tensor"""
+        x, w, bias, act = node.args
+        dt = out_meta(node).dtype
+        xv, wv = b.tensor(x, dt), b.tensor(w, dt)
+        bv = b.tensor(bias, dt) if bias is not None else None
+        if rank_of(x) == 2:
+            y = b.op("Gemm", [xv, wv, bv], transB=1)
+        else:
+            y = b.op("MatMul", [xv, b.op("Transpose", [wv], perm=[1, 0])])
+            if bv is not None:
+                y = b.op("Add", [y, bv])
+        return activation(b, y, act, (), dt)
+
+    for op in (fxc_ops.conv2d_act.default, fxc_ops.linear_act.default):
+        batch_rules.register(op, batch_rules.first_arg)
+    batch_rules.register(fxc_ops.conv2d_add_act.default, _conv_add_batch)
+
+
+def _conv_add_batch(n, batch):
+    """The residual has the conv's output shape, so it carries the batch exactly when x does."""
+    if not batch.get(n.args[0]) or not batch.get(n.args[3]):
+        return "the batch enters through the weights or only one of input/residual"
+    return None
+
+
+try:
+    import fxc.ops  # noqa: F401  (registers torch.ops.fxc.*)
+except ImportError:  # pragma: no cover - fxc.ops is part of fxc
+    pass
+_register()

@@ -1,0 +1,180 @@
+"""The ONNX Runtime engine: our ONNX model in an InferenceSession, run through IO binding.
+
+Inputs are bound straight from the torch tensors' memory (no numpy copies); each call binds
+freshly allocated torch tensors as outputs, so a returned tensor is never overwritten by a
+later call. Sessions run with every graph optimization on (ORT_ENABLE_ALL), sequential
+execution, and as many intra-op threads as the machine has physical cores (or
+`options.ort_threads`). CPU tensors use the CPU provider; CUDA tensors the CUDA provider,
+where this onnxruntime has one.
+
+Invariant: `run(inputs)` returns torch tensors in the graph's flat output order, on the
+compile device, with the graph's dtypes and shapes (dim 0 following the inputs' under
+dynamic batch).
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+
+import numpy as np
+import torch
+
+from fxc.errors import FxcBackendUnavailableError, FxcRuntimeError, FxcUnsupportedOpError
+
+NUMPY_DTYPES = {
+    torch.float32: np.float32, torch.float16: np.float16, torch.float64: np.float64,
+    torch.int64: np.int64, torch.int32: np.int32, torch.int16: np.int16, torch.int8: np.int8,
+    torch.uint8: np.uint8, torch.bool: np.bool_,
+}
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyperthread siblings counted once)."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in allowed:
+        path = f"/sys/devices/system/cpu/cpu{cpu}/topology/core_id"
+        pkg = f"/sys/devices/system/cpu/cpu{cpu}/topology/physical_package_id"
+        try:
+            with open(path) as f, open(pkg) as g:
+                cores.add((g.read().strip(), f.read().strip()))
+        except OSError:
+            cores.add(("?", str(cpu)))
+    return max(1, len(cores))
+
+
+def unavailable(device: torch.device) -> str | None:
+    """None if ONNX Runtime can run on `device` here, else why not and what to install."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return "onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)"
+    if device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        return ("this onnxruntime has no CUDAExecutionProvider "
+                f"(providers: {ort.get_available_providers()}): pip install onnxruntime-gpu")
+    if device.type not in ("cpu", "cuda"):
+        return f"no ONNX Runtime provider for device {device}"
+    return None
+
+
+class OrtEngine:
+    """Runs a LoweredOnnx (fxc.lowering) with ONNX Runtime."""
+
+    name = "onnxruntime"
+
+    def __init__(self, lowered, device: torch.device, threads: int = 0,
+                 model_path: str | None = None, external_threshold: int = 2_000_000_000):
+        why = unavailable(device)
+        if why:
+            raise FxcBackendUnavailableError(f"backend 'onnxruntime': {why}")
+        import onnxruntime as ort
+        self.lowered, self.device = lowered, device
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.intra_op_num_threads = threads or physical_cores()
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3  # errors only: ORT's warnings are about its own rewrites
+        self.threads = so.intra_op_num_threads
+        if device.type == "cuda":
+            providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}),
+                         "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        self.session = _session(lowered, so, providers, model_path, external_threshold)
+        self._binding = self.session.io_binding()
+        self._dev = ("cuda", device.index or 0) if device.type == "cuda" else ("cpu", 0)
+        self._outputs = _output_specs(lowered)
+        self._empty_output = any(0 in (shape[1:] if is_batch else shape)
+                                 for _, shape, is_batch in self._outputs)
+
+    def run(self, inputs: list[torch.Tensor]) -> list:
+        low = self.lowered
+        if self._empty_output or any(x.numel() == 0 for x in inputs):
+            return self._run_copying(inputs)  # empty tensors have no memory to bind
+        binding, (dev, idx) = self._binding, self._dev
+        kept = []  # keep contiguous copies alive until the run is done
+        for name, x in zip(low.input_names, inputs):
+            x = x.contiguous()
+            kept.append(x)
+            binding.bind_input(name, dev, idx, NUMPY_DTYPES[x.dtype], tuple(x.shape), x.data_ptr())
+        batch = inputs[0].shape[0] if low.dynamic_batch and inputs else None
+        outs = []
+        for name, (dtype, shape, is_batch) in zip(low.output_names, self._outputs):
+            if is_batch:
+                shape = (batch,) + tuple(shape[1:])
+            y = torch.empty(shape, dtype=dtype, device=self.device)
+            binding.bind_output(name, dev, idx, NUMPY_DTYPES[dtype], tuple(y.shape), y.data_ptr())
+            outs.append(y)
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as e:
+            raise FxcRuntimeError(f"onnxruntime failed: {type(e).__name__}: {e}") from e
+        return _assemble(low, outs)
+
+    def _run_copying(self, inputs):
+        feeds = {n: x.detach().cpu().numpy() for n, x in zip(self.lowered.input_names, inputs)}
+        try:
+            outs = self.session.run(self.lowered.output_names, feeds)
+        except Exception as e:
+            raise FxcRuntimeError(f"onnxruntime failed: {type(e).__name__}: {e}") from e
+        return _assemble(self.lowered, [torch.from_numpy(np.asarray(o)).to(self.device)
+                                        for o in outs])
+
+
+def _output_specs(lowered) -> list[tuple[torch.dtype, tuple, bool]]:
+    from fxc.lowering.builder import ONNX_TO_TORCH
+    specs = []
+    for vi, is_batch in zip(lowered.model.graph.output, lowered.batch_outputs):
+        t = vi.type.tensor_type
+        dtype = ONNX_TO_TORCH[t.elem_type]
+        if dtype not in NUMPY_DTYPES:
+            raise FxcBackendUnavailableError(
+                f"backend 'onnxruntime': output {vi.name} is {dtype}, which ONNX Runtime's "
+                f"Python binding cannot hand over; use precision='fp16' or backend='torch'")
+        shape = tuple(d.dim_value for d in t.shape.dim)
+        specs.append((dtype, shape, is_batch))
+    for vi in lowered.model.graph.input:
+        if ONNX_TO_TORCH[vi.type.tensor_type.elem_type] not in NUMPY_DTYPES:
+            raise FxcBackendUnavailableError(
+                f"backend 'onnxruntime': input {vi.name} has a dtype ONNX Runtime's Python "
+                f"binding cannot take (bfloat16)")
+    return specs
+
+
+def _assemble(lowered, outs: list) -> list:
+    return [outs[s] if isinstance(s, int) else s[1] for s in lowered.output_slots]
+
+
+_NO_KERNEL = re.compile(r"Could not find an implementation for (\w+)\((\d+)\) node with name '([^']*)'")
+
+
+def _session(lowered, so, providers, model_path, external_threshold):
+    """The InferenceSession, from bytes (or a file when the model is over the protobuf limit).
+    A node ONNX Runtime has no kernel for (an op/dtype pair) is an unsupported op: say which."""
+    import onnxruntime as ort
+
+    from fxc.lowering import save
+    model = lowered.model
+    try:
+        if model_path is not None:
+            return ort.InferenceSession(model_path, so, providers=providers)
+        if model.ByteSize() < min(external_threshold, 2**31 - 1):
+            return ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+        with tempfile.TemporaryDirectory(prefix="fxc-ort-") as d:
+            path = os.path.join(d, "model.onnx")
+            save(model, path, external_threshold)
+            return ort.InferenceSession(path, so, providers=providers)
+    except Exception as e:
+        m = _NO_KERNEL.search(str(e))
+        if m is None:
+            raise
+        op, opset, node_name = m.groups()
+        doc = next((n.doc_string for n in model.graph.node if n.name == node_name), None)
+        raise FxcUnsupportedOpError(
+            "onnxruntime", [(f"ONNX {op}-{opset} (no ONNX Runtime kernel for these dtypes)",
+                             node_name, doc or None)], len(model.graph.node)) from None
