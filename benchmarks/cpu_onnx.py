@@ -3,15 +3,18 @@ through ONNX Runtime (and fxc's torch runtime), FP32, batch 1, base-size zoo mod
 
     python3 benchmarks/cpu_onnx.py [--models resnet18,resnet50,mobilenet_v2,bert]
                                    [--threads 2] [--rounds 15] [--calls 3] [--json out.json]
+                                   [--runners eager,compile,export,fxc-ort,fxc-torch]
 
 Protocol (shared/BENCHMARKS.md): one process, every runner timed in the same run with
 `time.perf_counter`; after warm-up, `rounds` rounds each time `calls` calls of every runner
-in turn (interleaved, so that load from other processes on a shared machine hits all of
-them alike), over 3 rotating input sets; the median per call is reported, with p90 and the
-max abs / relative-norm error against eager on the same inputs. ONNX Runtime runs the
-exported graph with the same session options fxc uses (ORT_ENABLE_ALL, sequential, the same
-intra-op thread count) and the same IO binding (inputs from torch memory, outputs into
-torch tensors). The load average before and after is printed: the machine may be shared.
+in turn, the order rotated every round (so that load from other processes on a shared
+machine, and the previous runner's still-spinning threads, hit all runners alike), over 3
+rotating input sets; the median per call is reported, with p90 and the max abs /
+relative-norm error against eager on the same inputs. The last column is ORT(export) time /
+fxc ORT time: above 1, fxc is faster. ONNX Runtime runs the exported graph with the same
+session options fxc uses (ORT_ENABLE_ALL, sequential, the same intra-op thread count) and
+the same IO binding (inputs from torch memory, outputs into torch tensors). The load
+average before and after is printed: the machine may be shared.
 """
 from __future__ import annotations
 
@@ -101,7 +104,11 @@ def _match(sess, inputs):
     return out
 
 
-def bench_model(name: str, threads: int, rounds: int, calls: int) -> dict:
+RUNNERS = {"eager": "eager", "compile": "torch.compile", "export": "ORT (onnx.export)",
+           "fxc-ort": "fxc ORT", "fxc-torch": "fxc torch"}
+
+
+def bench_model(name: str, threads: int, rounds: int, calls: int, which=tuple(RUNNERS)) -> dict:
     model, inputs = get(name, size="base", batch=1, seed=0)
     sets = [inputs] + [get(name, size="base", batch=1, seed=s)[1] for s in (1, 2)]
     runners, compile_s, notes = {}, {}, {}
@@ -110,30 +117,31 @@ def bench_model(name: str, threads: int, rounds: int, calls: int) -> dict:
         with torch.no_grad():
             return model(*xs)
 
-    runners["eager"] = eager
-    t0 = time.perf_counter()
-    compiled_tc = torch.compile(model)
-    with torch.no_grad():
-        compiled_tc(*inputs)
-    compile_s["torch.compile"] = time.perf_counter() - t0
+    def timed(key, make):
+        if key in which:
+            t0 = time.perf_counter()
+            runners[RUNNERS[key]] = make()
+            runners[RUNNERS[key]](*inputs)
+            compile_s[RUNNERS[key]] = time.perf_counter() - t0
 
-    def tc(*xs):
-        with torch.no_grad():
-            return compiled_tc(*xs)
+    def torch_compiled():
+        compiled_tc = torch.compile(model)
 
-    runners["torch.compile"] = tc
-    with tempfile.TemporaryDirectory() as d:
-        t0 = time.perf_counter()
-        runners["ORT (onnx.export)"], notes["exporter"] = ort_export_runner(model, inputs, threads, d)
-        compile_s["ORT (onnx.export)"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    runners["fxc ORT"] = fxc.compile(model, inputs, backend="onnxruntime", ort_threads=threads)
-    runners["fxc ORT"](*inputs)
-    compile_s["fxc ORT"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    runners["fxc torch"] = fxc.compile(model, inputs, backend="torch")
-    runners["fxc torch"](*inputs)
-    compile_s["fxc torch"] = time.perf_counter() - t0
+        def tc(*xs):
+            with torch.no_grad():
+                return compiled_tc(*xs)
+        return tc
+
+    def exported():
+        with tempfile.TemporaryDirectory() as d:
+            run, notes["exporter"] = ort_export_runner(model, inputs, threads, d)
+        return run
+
+    timed("eager", lambda: eager)
+    timed("compile", torch_compiled)
+    timed("export", exported)
+    timed("fxc-ort", lambda: fxc.compile(model, inputs, backend="onnxruntime", ort_threads=threads))
+    timed("fxc-torch", lambda: fxc.compile(model, inputs, backend="torch"))
 
     refs = [eager(*xs) for xs in sets]
     err = {k: max(errors(r(*xs), ref) for xs, ref in zip(sets, refs)) for k, r in runners.items()}
@@ -141,9 +149,13 @@ def bench_model(name: str, threads: int, rounds: int, calls: int) -> dict:
         for xs in sets:
             r(*xs)
     times = {k: [] for k in runners}
+    keys = list(runners)
     for i in range(rounds):
         xs = sets[i % len(sets)]
-        for k, r in runners.items():
+        # Rotate the order each round: a runner's thread pool keeps spinning for a while
+        # after its call and slows whichever runner comes next on a 2-core machine.
+        for k in keys[i % len(keys):] + keys[:i % len(keys)]:
+            r = runners[k]
             t0 = time.perf_counter()
             for _ in range(calls):
                 r(*xs)
@@ -159,13 +171,15 @@ def bench_model(name: str, threads: int, rounds: int, calls: int) -> dict:
 
 def table(results: list[dict]) -> str:
     names = list(results[0]["runners"])
-    lines = ["| model | " + " | ".join(names) + " | fxc ORT / ORT(export) |",
-             "|---|" + "---|" * (len(names) + 1)]
+    both = "ORT (onnx.export)" in names and "fxc ORT" in names
+    lines = ["| model | " + " | ".join(names) + (" | ORT(export) / fxc ORT |" if both else " |"),
+             "|---|" + "---|" * (len(names) + both)]
     for r in results:
         cells = [f"{r['runners'][k]['median_ms']:.2f} ({r['runners'][k]['rel_err']:.0e})"
                  for k in names]
-        ratio = r["runners"]["ORT (onnx.export)"]["median_ms"] / r["runners"]["fxc ORT"]["median_ms"]
-        lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | {ratio:.2f}x |")
+        ratio = (f" | {r['runners']['ORT (onnx.export)']['median_ms'] / r['runners']['fxc ORT']['median_ms']:.2f}x"
+                 if both else "")
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + ratio + " |")
     return "\n".join(lines)
 
 
@@ -175,6 +189,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--calls", type=int, default=3)
+    ap.add_argument("--runners", default=",".join(RUNNERS),
+                    help=f"comma-separated subset of {','.join(RUNNERS)}")
     ap.add_argument("--json", default=None, help="write the results here as JSON")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -182,7 +198,8 @@ def main(argv=None) -> int:
     results = []
     for name in args.models.split(","):
         print(f"[{name}] ...", file=sys.stderr, flush=True)
-        results.append(bench_model(name, args.threads, args.rounds, args.calls))
+        results.append(bench_model(name, args.threads, args.rounds, args.calls,
+                                   tuple(args.runners.split(","))))
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     load_after = os.getloadavg()
     print(f"FP32, batch 1, base size, {args.threads} threads, median ms per call (relative "

@@ -114,6 +114,7 @@ def compile(model: torch.nn.Module, example_inputs, *, device=None, precision: s
     report.total_ms = (time.perf_counter() - t_start) * 1e3
     specs = _host_specs(captured.inputs) if opts.host_inputs and opts.device.type == "cuda" \
         else captured.inputs
+    specs = _graph_dtypes(specs, gm)  # keep_io_dtype=False: the graph may now take half inputs
     checker = InputChecker(specs, captured.in_spec, captured.layout)
     compiled = CompiledModule(engine, checker, captured.out_spec, gm, report, opts)
     if dumper:  # report.html and model.onnx beside the stage dumps (fxc/dump.py)
@@ -121,6 +122,17 @@ def compile(model: torch.nn.Module, example_inputs, *, device=None, precision: s
                       onnx_model=getattr(getattr(engine, "lowered", None), "model", None),
                       gm=gm, title=type(model).__name__)
     return compiled
+
+
+def _graph_dtypes(specs, gm: fx.GraphModule):
+    """Input specs whose dtype is what the final graph's placeholders take."""
+    metas = [n.meta.get("val") for n in gm.graph.nodes if n.op == "placeholder"]
+    tensor_specs = [s for s in specs if s.is_tensor]
+    if len(metas) != len(tensor_specs):
+        return specs
+    dtypes = {id(s): m.dtype for s, m in zip(tensor_specs, metas) if isinstance(m, torch.Tensor)}
+    return [dataclasses.replace(s, dtype=dtypes.get(id(s), s.dtype)) if s.is_tensor else s
+            for s in specs]
 
 
 def _host_specs(specs):

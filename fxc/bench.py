@@ -94,7 +94,8 @@ def _fxc(model, precision, device, example, backend, disable=()):
 
 
 def runners(device: torch.device, precision: str, with_torch_compile: bool,
-            fxc_backends: list[str]) -> list[tuple[str, Callable]]:
+            fxc_backends: list[str], tc_modes=("default", "reduce-overhead")
+            ) -> list[tuple[str, Callable]]:
     """(name, build(model, example) -> callable) in table order."""
     out = [("eager_fp32", lambda m, ex: _eager(m, "fp32", device))]
     if precision != "fp32":
@@ -102,8 +103,9 @@ def runners(device: torch.device, precision: str, with_torch_compile: bool,
     if device.type == "cuda":
         out.append((f"eager_{precision}_cudagraph",
                     lambda m, ex: _eager_cudagraph(m, precision, device, ex)))
-        if with_torch_compile:
+        if with_torch_compile and "default" in tc_modes:
             out.append(("torch.compile", lambda m, ex: _torch_compile(m, precision, device, None)))
+        if with_torch_compile and "reduce-overhead" in tc_modes:
             out.append(("torch.compile_ro",
                         lambda m, ex: _torch_compile(m, precision, device, "reduce-overhead")))
     else:
@@ -138,7 +140,8 @@ def available_backends(device: torch.device, precision: str) -> list[str]:
 
 def bench_one(name: str, size: str, batch: int, device: torch.device, precision: str,
               iters: int, with_torch_compile: bool, backends_: list[str],
-              progress: Callable[[str], None] = lambda s: None) -> list[Row]:
+              progress: Callable[[str], None] = lambda s: None,
+              tc_modes=("default", "reduce-overhead")) -> list[Row]:
     from .models import get
     model, example = get(name, size=size, batch=batch, seed=0)
     example = tuple(x.to(device) for x in example)
@@ -147,7 +150,7 @@ def bench_one(name: str, size: str, batch: int, device: torch.device, precision:
     with torch.no_grad():
         refs = [model.to(device)(*s) for s in sets]
     rows = []
-    for rname, build in runners(device, precision, with_torch_compile, backends_):
+    for rname, build in runners(device, precision, with_torch_compile, backends_, tc_modes):
         progress(f"{name} b{batch}: {rname}")
         rows.append(_measure(name, batch, rname, build, model, example, sets, refs, device, iters))
     model.cpu()
@@ -256,13 +259,15 @@ def ablate(name: str, size: str, batch: int, device: torch.device, precision: st
     return out
 
 
-def write_results(rows: list[Row], out_dir: str, tag: str, extra: dict | None = None) -> str:
+def write_results(rows: list[Row], out_dir: str, tag: str, extra: dict | None = None,
+                  plots: bool = True) -> str:
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{tag}.json")
     with open(path, "w") as f:
         json.dump({"machine": machine(), "rows": [dataclasses.asdict(r) for r in rows],
                    **(extra or {})}, f, indent=1)
-    plot(rows, os.path.join(out_dir, f"{tag}"))
+    if plots:
+        plot(rows, os.path.join(out_dir, f"{tag}"))
     return path
 
 

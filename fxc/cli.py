@@ -203,13 +203,17 @@ def cmd_bench(args) -> int:
     models = args.model.split(",")
     jobs = [(m, b) for m in models for b in batches]
     rows, ablations = [], {}
+    tag = f"{device.type}_{args.precision}_{'-'.join(models)}"
     print(f"fxc bench on {_device_name(device)}, precision={args.precision}, "
           f"fxc backends={backends}, torch {torch.__version__}", flush=True)
     for i, (m, b) in enumerate(jobs, 1):
         progress = lambda what, i=i: print(f"\r[{i}/{len(jobs)}] {what:<60}", end="",  # noqa: E731
                                            file=sys.stderr, flush=True)
         rows += bench.bench_one(m, args.size, b, device, args.precision, args.iters,
-                                args.torch_compile, backends, progress)
+                                args.torch_compile, backends, progress,
+                                tc_modes=args.tc_modes.split(","))
+        if args.out:  # written after every model, so a run cut short keeps what it measured
+            bench.write_results(rows, args.out, tag, {"size": args.size}, plots=False)
         if args.ablate:
             progress(f"{m} b{b}: ablation")
             ablations[f"{m}_b{b}"] = bench.ablate(m, args.size, b, device, args.precision,
@@ -222,7 +226,6 @@ def cmd_bench(args) -> int:
             print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                    for k, v in a.items()))
     if args.out:
-        tag = f"{device.type}_{args.precision}_{'-'.join(models)}"
         path = bench.write_results(rows, args.out, tag, {"ablation": ablations,
                                                          "size": args.size})
         print(f"\nresults: {path} and PNG plots beside it (if matplotlib is installed)")
@@ -281,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--backends", default=None, help="fxc backends (default: all available)")
     b.add_argument("--iters", type=int, default=100)
     b.add_argument("--torch-compile", action="store_true", help="also time torch.compile")
+    b.add_argument("--tc-modes", default="default,reduce-overhead",
+                   help="torch.compile modes to time (GPU), comma-separated")
     b.add_argument("--ablate", action="store_true", help="compile once without each pass")
     b.add_argument("--out", default=None, help="write JSON and PNG plots here")
     b.set_defaults(fn=cmd_bench)

@@ -12,8 +12,9 @@ from hypothesis import settings  # noqa: E402
 
 settings.load_profile(os.environ.get("FXC_HYPOTHESIS_PROFILE", "ci"))
 torch.manual_seed(0)
-# CI has 2 cores; more threads than cores only adds contention.
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# CI has 2 cores and runs 2 xdist workers: one thread each; more only adds contention
+# (tiny ops cost tens of ms under oversubscription).
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -68,19 +68,22 @@ def test_disable_passes_from_environment(model_and_input, monkeypatch):
 
 
 def _breaks_numbers(gm, ctx):
-    """A deliberately wrong pass: turns the first relu into a negation."""
-    for n in gm.graph.nodes:
-        if n.target is torch.ops.aten.relu.default:
-            n.target = torch.ops.aten.neg.default
-            return PassResult(rewrites=1)
-    return PassResult()
+    """A deliberately wrong pass: negates the graph's first output (meta stays true)."""
+    from fxc import ir
+    out = gm.graph.output_node()
+    first = out.args[0][0]
+    with gm.graph.inserting_before(out):
+        neg = ir.new_call(gm.graph, torch.ops.aten.neg.default, (first,))
+    out.args = ((neg,) + tuple(out.args[0][1:]),)
+    return PassResult(rewrites=1)
 
 
 def _breaks_meta(gm, ctx):
     """A pass that forgets to keep meta true: changes a node's op but not its meta shape."""
     for n in gm.graph.nodes:
-        if n.target is torch.ops.aten.relu.default:
+        if n.op == "call_function" and n.args and isinstance(n.args[0], torch.fx.Node):
             n.args = (n.args[0],)
+            n.kwargs = {}
             n.target = torch.ops.aten.sum.default
             return PassResult(rewrites=1)
     return PassResult()

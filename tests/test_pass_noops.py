@@ -284,6 +284,14 @@ def test_rule10_refuses_when_the_intermediate_has_another_user_or_strides_would_
     result = _noops(gm, [y])
     assert _ops(gm).count(aten.view.default) == 2
     assert _refused(result, "one view would give other strides")
+    # a reshape of a transposed value copies: no single view reaches (4, 6) from it
+    z = torch.randn(4, 6).t()
+    b = Graph(z)
+    r = b.call(aten.reshape.default, b.call(aten.reshape.default, b.x[0], [24]), [4, 6])
+    gm = b.module(b.call(aten.relu.default, r))
+    result = _noops(gm, [z])
+    assert _ops(gm).count(aten.reshape.default) == 2
+    assert _refused(result, "cannot be viewed so in one step")
 
 
 # -- rules 11-12: casts ----------------------------------------------------------------------------

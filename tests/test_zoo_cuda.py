@@ -9,7 +9,7 @@ import torch.utils._pytree as pytree
 
 import fxc
 from fxc.models import get, names
-from fxc.passes.manager import lowp_problem
+from fxc.passes.manager import LOWP_REL, lowp_problem
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -51,4 +51,4 @@ def test_zoo_low_precision_on_cuda(name, precision):
         expected = model(*inputs)
     for x, y in zip(pytree.tree_leaves(compiled(*inputs)), pytree.tree_leaves(expected)):
         assert x.dtype == y.dtype  # the model's output dtype is kept
-        assert lowp_problem(x, y, rel=2e-2) is None
+        assert lowp_problem(x, y, rel=LOWP_REL[precision]) is None
