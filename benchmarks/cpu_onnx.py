@@ -27,7 +27,6 @@ import tempfile
 import time
 import warnings
 
-import numpy as np
 import torch
 import torch.utils._pytree as pytree
 

@@ -3,11 +3,11 @@ opset, initializers, checker), the unsupported-op report, type promotion, extern
 FP16 graphs and the dynamic batch."""
 from __future__ import annotations
 
-import os
-
 import onnx
 import pytest
 import torch
+
+from fxc import ir
 import torch.nn as nn
 
 import fxc
@@ -50,9 +50,14 @@ def test_nodes_are_named_after_fx_nodes_and_carry_the_user_line():
         assert base in fx_names or base.startswith("output_"), node.name
     gelu_nodes = [n for n in lowered.model.graph.node if n.name.split("/")[0].startswith("gelu")]
     assert len(gelu_nodes) >= 4  # written out: erf form, one node per step, suffixed names
-    assert all("test_lowering_onnx.py" in n.doc_string and "gelu" in n.doc_string
-               for n in gelu_nodes)
-    assert lowered.model.opset_import[0].version == 17
+    # Each ONNX node carries its fx node's user line (capture's own tests check that line;
+    # here: lowering passes it on, whatever the line is).
+    by_name = {n.name: n for n in gm.graph.nodes}
+    for n in gelu_nodes:
+        src = ir.source_line(by_name[n.name.split("/")[0]])
+        assert src and src in n.doc_string, (n.name, n.doc_string, src)
+    # the default ONNX domain's opset (other domains may be listed first)
+    assert {o.domain: o.version for o in lowered.model.opset_import}[""] == 17
     assert [i.name for i in lowered.model.graph.input] == lowered.input_names
 
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.fx as fx
 
-import fxc.ops  # noqa: F401  (torch.ops.fxc.*)
+import fxc.ops  # (torch.ops.fxc.*)
 from fxc.lowering import supported_targets, to_onnx
 from fxc.runtime.ort_engine import OrtEngine
 
@@ -520,3 +520,19 @@ def test_every_converter_has_a_row():
     """A converter without a coverage row is an untested converter."""
     missing = [_opname(op) for op in supported_targets() if op not in ROWS]
     assert not missing, f"converters without op-coverage rows: {missing}"
+
+
+def test_every_fused_fxc_op_has_a_converter():
+    """A fused op a pass emits (fxc/ops/*.py) without a converter would make the ONNX
+    backends refuse every graph that pass touched."""
+    import glob
+    import os
+    import re
+    ops_dir = os.path.dirname(fxc.ops.__file__)
+    declared = set()
+    for path in glob.glob(os.path.join(ops_dir, "*.py")):
+        declared |= set(re.findall(r'^@torch\.library\.custom_op\(\s*"fxc::(\w+)"',
+                                   open(path).read(), re.MULTILINE))
+    assert declared, "no fxc ops found: has fxc/ops moved?"
+    converted = {op._opname for op in supported_targets() if op.namespace == "fxc"}
+    assert declared <= converted, f"fxc ops without an ONNX converter: {sorted(declared - converted)}"
