@@ -25,31 +25,17 @@ import fxc
 from fxc import ir
 from fxc.capture import capture
 from fxc.models import bert, get, gpt2, llama
-from fxc.options import CompileOptions
-from fxc.passes import PassContext, fuse_attention
+from fxc.passes import fuse_attention
 from fxc.testing import OPS, OpRejected, OpSpec, graphs
+from passkit import ctx, count, outputs, captured  # noqa: E402
 
 aten = torch.ops.aten
 SDPA = aten.scaled_dot_product_attention.default
 SOFTMAX = (aten.softmax.int, aten._softmax.default)
 
 
-def ctx():
-    return PassContext(CompileOptions(device=torch.device("cpu")), [])
-
-
-def count(gm, *targets):
-    return sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target in targets)
-
-
 def sdpas(gm):
     return [n for n in gm.graph.nodes if n.op == "call_function" and n.target is SDPA]
-
-
-def outputs(gm, inputs):
-    with torch.no_grad():
-        out = gm(*inputs)
-    return [t.clone() for t in (out if isinstance(out, (tuple, list)) else (out,))]
 
 
 def run_checked(gm, inputs):
@@ -65,10 +51,6 @@ def run_checked(gm, inputs):
     gm.recompile()
     assert again.rewrites == 0 and gm.code == code, "fuse_attention is not idempotent"
     return result
-
-
-def captured(model, *inputs):
-    return capture(model.eval(), inputs, {}).gm
 
 
 class Many(nn.Module):

@@ -18,29 +18,15 @@ from hypothesis import strategies as st
 from fxc import ir
 from fxc.capture import capture
 from fxc.models import resnet
-from fxc.options import CompileOptions
-from fxc.passes import PassContext, fuse_bn
+from fxc.passes import fuse_bn
 from fxc.testing import FLOATS, graphs, plant_conv_bn
+from passkit import ctx, count, outputs, captured  # noqa: E402
 
 aten = torch.ops.aten
 BN_OPS = {aten._native_batch_norm_legit_no_training.default, aten.native_batch_norm.default,
           aten._native_batch_norm_legit.default, aten.batch_norm.default,
           aten._native_batch_norm_legit.no_stats}
 ORACLE_TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
-
-
-def ctx():
-    return PassContext(CompileOptions(device=torch.device("cpu")), [])
-
-
-def count(gm, *targets):
-    return sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target in targets)
-
-
-def outputs(gm, inputs):
-    with torch.no_grad():
-        out = gm(*inputs)
-    return [t.clone() for t in (out if isinstance(out, (tuple, list)) else (out,))]
 
 
 def close(after, before):
@@ -68,10 +54,6 @@ def run_checked(gm, inputs):
     gm.recompile()
     assert again.rewrites == 0 and gm.code == code, "fuse_bn is not idempotent"
     return result, before, after
-
-
-def captured(model, *inputs):
-    return capture(model.eval(), inputs, {}).gm
 
 
 def randomize_bn_(model):

@@ -21,29 +21,15 @@ import fxc
 from fxc import ir
 from fxc.capture import capture
 from fxc.models import get, resnet
-from fxc.options import CompileOptions
-from fxc.passes import PassContext, fuse_bn, fuse_conv
+from fxc.passes import fuse_bn, fuse_conv
 from fxc.testing import FLOATS, graphs
 from test_pass_fuse_bn import AtenGraph  # noqa: E402  (the drawn graphs' builder)
+from passkit import ctx, count, outputs  # noqa: E402
 
 aten = torch.ops.aten
 CONV_ACT, CONV_ADD_ACT = torch.ops.fxc.conv2d_act.default, torch.ops.fxc.conv2d_add_act.default
 ACT_OPS = {aten.relu.default, aten.hardtanh.default, aten.silu.default, aten.gelu.default,
            aten.sigmoid.default, aten.hardswish.default}
-
-
-def ctx():
-    return PassContext(CompileOptions(device=torch.device("cpu")), [])
-
-
-def count(gm, *targets):
-    return sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target in targets)
-
-
-def outputs(gm, inputs):
-    with torch.no_grad():
-        out = gm(*inputs)
-    return [t.clone() for t in (out if isinstance(out, (tuple, list)) else (out,))]
 
 
 def run_checked(gm, inputs, p=fuse_conv):

@@ -17,27 +17,13 @@ import fxc
 from fxc import ir
 from fxc.capture import capture
 from fxc.models import get
-from fxc.options import CompileOptions
-from fxc.passes import PassContext, fuse_linear
+from fxc.passes import fuse_linear
 from fxc.testing import FLOATS, graphs, plant_linear_relu
 from test_pass_fuse_bn import AtenGraph  # noqa: E402  (the drawn graphs' builder)
+from passkit import ctx, count, outputs  # noqa: E402
 
 aten = torch.ops.aten
 LINEAR_ACT = torch.ops.fxc.linear_act.default
-
-
-def ctx():
-    return PassContext(CompileOptions(device=torch.device("cpu")), [])
-
-
-def count(gm, *targets):
-    return sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target in targets)
-
-
-def outputs(gm, inputs):
-    with torch.no_grad():
-        out = gm(*inputs)
-    return [t.clone() for t in (out if isinstance(out, (tuple, list)) else (out,))]
 
 
 def run_checked(gm, inputs):

@@ -21,27 +21,12 @@ import fxc
 from fxc import ir
 from fxc.capture import capture
 from fxc.models import bert, get, llama
-from fxc.options import CompileOptions
-from fxc.passes import PassContext, fuse_attention, fuse_linear, merge_parallel_linear
+from fxc.passes import fuse_attention, fuse_linear, merge_parallel_linear
 from fxc.testing import graphs
+from passkit import ctx, count, outputs, captured  # noqa: E402
 
 aten = torch.ops.aten
 LINEAR, SPLIT = aten.linear.default, aten.split_with_sizes.default
-
-
-def ctx(disable=()):
-    opts = CompileOptions(device=torch.device("cpu"), disable_passes=tuple(disable))
-    return PassContext(opts, [])
-
-
-def count(gm, *targets):
-    return sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target in targets)
-
-
-def outputs(gm, inputs):
-    with torch.no_grad():
-        out = gm(*inputs)
-    return [t.clone() for t in (out if isinstance(out, (tuple, list)) else (out,))]
 
 
 def run_checked(gm, inputs, c=None):
@@ -63,10 +48,6 @@ def run_checked(gm, inputs, c=None):
         if n.op == "get_attr":
             assert n.target in buffers and n.meta["val"].shape == buffers[n.target].shape
     return result
-
-
-def captured(model, *inputs):
-    return capture(model.eval(), inputs, {}).gm
 
 
 class Many(nn.Module):

@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 
 from fxc import ir
 from fxc.capture import capture
-from fxc.options import CompileOptions
-from fxc.passes import PassContext, recognize_norm_act
+from fxc.passes import recognize_norm_act
 from fxc.testing import OPS, OpRejected, OpSpec, graphs
 from fxc.testing.ops import c_layer_norm
+from passkit import ctx, count, outputs, captured  # noqa: E402
 
 aten = torch.ops.aten
 FUSED = (aten.layer_norm.default, aten.rms_norm.default, aten.gelu.default, aten.silu.default)
@@ -31,22 +31,8 @@ PRIMS = (aten.rsqrt.default, aten.sqrt.default, aten.erf.default, aten.tanh.defa
          aten.sigmoid.default, aten.mean.dim, aten.var.correction, aten.var_mean.correction)
 
 
-def ctx():
-    return PassContext(CompileOptions(device=torch.device("cpu")), [])
-
-
-def count(gm, *targets):
-    return sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target in targets)
-
-
 def fused(gm):
     return [n for n in gm.graph.nodes if n.op == "call_function" and n.target in FUSED]
-
-
-def outputs(gm, inputs):
-    with torch.no_grad():
-        out = gm(*inputs)
-    return [t.clone() for t in (out if isinstance(out, (tuple, list)) else (out,))]
 
 
 def run_checked(gm, inputs):
@@ -62,10 +48,6 @@ def run_checked(gm, inputs):
     gm.recompile()
     assert again.rewrites == 0 and gm.code == code, "recognize_norm_act is not idempotent"
     return result
-
-
-def captured(model, *inputs):
-    return capture(model.eval(), inputs, {}).gm
 
 
 # -- hand-written models ---------------------------------------------------------------------
