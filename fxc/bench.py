@@ -7,7 +7,9 @@ and the max error against eager FP32 on the same inputs.
 
 Runners: eager_fp32, eager_<precision>, eager_<precision>_cudagraph (GPU), torch.compile
 default and reduce-overhead (GPU, --torch-compile), ort_export (CPU: ONNX Runtime on the graph
-torch.onnx.export writes) and fxc with each available backend.
+torch.onnx.export writes) and fxc with each available backend; on CUDA also fxc_torch_zero_copy,
+fxc under the contract of the CUDA-graph peers (outputs are static buffers that the next call
+overwrites; by default fxc returns outputs the caller owns).
 """
 from __future__ import annotations
 
@@ -86,11 +88,10 @@ def _torch_compile(model, precision, device, mode):
     return torch.compile(run_eager, mode=mode)
 
 
-def _fxc(model, precision, device, example, backend, disable=()):
+def _fxc(model, precision, device, example, backend, disable=(), **options):
     import fxc
-    compiled = fxc.compile(model, example, device=device, precision=precision, backend=backend,
-                           disable_passes=disable)
-    return compiled
+    return fxc.compile(model, example, device=device, precision=precision, backend=backend,
+                       disable_passes=disable, **options)
 
 
 def runners(device: torch.device, precision: str, with_torch_compile: bool,
@@ -114,6 +115,11 @@ def runners(device: torch.device, precision: str, with_torch_compile: bool,
             out.append(("torch.compile", lambda m, ex: _torch_compile(m, precision, device, None)))
     for b in fxc_backends:
         out.append((f"fxc_{b}", lambda m, ex, b=b: _fxc(m, precision, device, ex, b)))
+    if device.type == "cuda" and "torch" in fxc_backends:
+        # The CUDA-graph peers return their static output buffers, overwritten by the next
+        # call; fxc's default clones its outputs. This row is fxc under the peers' contract.
+        out.append(("fxc_torch_zero_copy", lambda m, ex: _fxc(m, precision, device, ex, "torch",
+                                                               zero_copy_outputs=True)))
     return out
 
 
@@ -232,31 +238,85 @@ def ratios(rows: list[Row]) -> list[str]:
     return out
 
 
+FUSION = ("fuse_bn", "fuse_conv", "fuse_linear", "fuse_attention", "merge_parallel_linear",
+          "recognize_norm_act")
+
+
+def ablation_sets(spec: str) -> list[tuple[str, ...]]:
+    """'each' -> every pass alone; 'fusion,cast_precision' -> [FUSION, (cast_precision,)]."""
+    from .passes import names as pass_names
+    if spec == "each":
+        return [(p,) for p in pass_names()]
+    known = set(pass_names())
+    sets = []
+    for item in spec.split(","):
+        names = tuple(p for part in item.split("+") for p in (FUSION if part == "fusion" else (part,)))
+        unknown = [p for p in names if p not in known]
+        if unknown:
+            from .errors import FxcOptionError
+            raise FxcOptionError(f"--ablate {item!r}: no pass named {unknown}; passes: "
+                                 f"{sorted(known)} (or 'fusion')")
+        sets.append(names)
+    return sets
+
+
 def ablate(name: str, size: str, batch: int, device: torch.device, precision: str,
-           iters: int) -> list[dict]:
-    """Compile once with each pass left out: each pass's share of latency, memory and error."""
+           iters: int, sets: list[tuple[str, ...]] | None = None) -> list[dict]:
+    """Compile again with each set of passes left out (default: each pass alone): each set's
+    share of latency, memory and error, against the full pipeline, all in this process."""
     import fxc
     from .models import get
-    from .passes import names as pass_names
     model, example = get(name, size=size, batch=batch, seed=0)
     example = tuple(x.to(device) for x in example)
     with torch.no_grad():
         ref = model.to(device)(*example)
-    sets = timing.rotated_inputs(example)
+    sets_in = timing.rotated_inputs(example)
     out = []
-    for left_out in [None] + pass_names():
+    for left_out in [()] + list(sets if sets is not None else ablation_sets("each")):
+        label = "+".join(left_out) or "(none)"
+        if set(FUSION) <= set(left_out):
+            label = "+".join(["fusion"] + [p for p in left_out if p not in FUSION])
         try:
             c = fxc.compile(model, example, device=device, precision=precision, backend="torch",
-                            disable_passes=(left_out,) if left_out else ())
-            t = timing.measure(c, sets, device=device, iters=iters)
+                            disable_passes=left_out)
+            t = timing.measure(c, sets_in, device=device, iters=iters)
             _, rel = timing.max_error(c(*example), ref)
             plan = c.memory_plan
-            out.append(dict(without=left_out or "(none)", median_ms=t.median_ms, rel_err=rel,
+            out.append(dict(without=label, median_ms=t.median_ms, rel_err=rel,
                             arena_bytes=getattr(plan, "arena_bytes", None),
                             nodes=c.report_data.records[-1].nodes_after))
+            del c
         except Exception as e:
-            out.append(dict(without=left_out, error=f"{type(e).__name__}: {e}"[:200]))
+            out.append(dict(without=label, error=f"{type(e).__name__}: {e}"[:200]))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    model.cpu()
     return out
+
+
+def run_isolated(name: str, batch: int, args, backends_: list[str]) -> tuple[list[Row], dict]:
+    """`fxc bench` for one (model, batch) in a child process; its rows (and ablation), or one
+    error row per runner family if the child died (a device-side assert poisons a process)."""
+    import subprocess
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "fxc", "bench", "--model", f"{name}@{batch}",
+               "--size", args.size, "--precision", args.precision, "--iters", str(args.iters),
+               "--backends", ",".join(backends_), "--tc-modes", args.tc_modes,
+               "--out", tmp, "--tag", "child"]
+        cmd += ["--device", args.device] if args.device else []
+        cmd += ["--torch-compile"] if args.torch_compile else []
+        cmd += ["--ablate", args.ablate] if args.ablate is not None else []
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        path = os.path.join(tmp, "child.json")
+        data = json.load(open(path)) if os.path.exists(path) else {"rows": []}
+    rows = [Row(**r) for r in data["rows"]]
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        done = {r.runner for r in rows}
+        rows.append(Row(name, batch, "(child process)", error=f"exit {proc.returncode} after "
+                        f"{sorted(done) or 'no runner'}: {tail}"[:300]))
+    return rows, data.get("ablation", {})
 
 
 def write_results(rows: list[Row], out_dir: str, tag: str, extra: dict | None = None,

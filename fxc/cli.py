@@ -193,31 +193,50 @@ def load_module(spec: str, input_shapes: str | None):
     return model.eval(), inputs
 
 
+def bench_jobs(spec: str, default_batches: str) -> list[tuple[str, int]]:
+    """'resnet50@1+32,bert' -> [(resnet50, 1), (resnet50, 32), (bert, b) for b in --batch]."""
+    jobs = []
+    for item in spec.split(","):
+        name, _, batches = item.partition("@")
+        for b in (batches.replace("+", ",") or default_batches).split(","):
+            try:
+                jobs.append((name.strip(), int(b)))
+            except ValueError:
+                raise FxcOptionError(f"--model {item!r}: batch {b!r} is not an integer "
+                                     f"(expected NAME or NAME@B1+B2)") from None
+    return jobs
+
+
 def cmd_bench(args) -> int:
     from . import bench
 
     device = torch.device(args.device) if args.device else best_device()
-    batches = [int(b) for b in args.batch.split(",")]
     backends = args.backends.split(",") if args.backends else bench.available_backends(
         device, args.precision)
-    models = args.model.split(",")
-    jobs = [(m, b) for m in models for b in batches]
+    jobs = bench_jobs(args.model, args.batch)
     rows, ablations = [], {}
-    tag = f"{device.type}_{args.precision}_{'-'.join(models)}"
+    tag = args.tag or f"{device.type}_{args.precision}_{'-'.join(dict.fromkeys(m for m, _ in jobs))}"
     print(f"fxc bench on {_device_name(device)}, precision={args.precision}, "
           f"fxc backends={backends}, torch {torch.__version__}", flush=True)
     for i, (m, b) in enumerate(jobs, 1):
         progress = lambda what, i=i: print(f"\r[{i}/{len(jobs)}] {what:<60}", end="",  # noqa: E731
                                            file=sys.stderr, flush=True)
-        rows += bench.bench_one(m, args.size, b, device, args.precision, args.iters,
-                                args.torch_compile, backends, progress,
-                                tc_modes=args.tc_modes.split(","))
+        if args.isolate:
+            progress(f"{m} b{b}: in a child process")
+            got, abl = bench.run_isolated(m, b, args, backends)
+            rows += got
+            ablations.update(abl)
+        else:
+            rows += bench.bench_one(m, args.size, b, device, args.precision, args.iters,
+                                    args.torch_compile, backends, progress,
+                                    tc_modes=args.tc_modes.split(","))
+            if args.ablate is not None:
+                progress(f"{m} b{b}: ablation")
+                ablations[f"{m}_b{b}"] = bench.ablate(m, args.size, b, device, args.precision,
+                                                      args.iters, bench.ablation_sets(args.ablate))
         if args.out:  # written after every model, so a run cut short keeps what it measured
-            bench.write_results(rows, args.out, tag, {"size": args.size}, plots=False)
-        if args.ablate:
-            progress(f"{m} b{b}: ablation")
-            ablations[f"{m}_b{b}"] = bench.ablate(m, args.size, b, device, args.precision,
-                                                  args.iters)
+            bench.write_results(rows, args.out, tag, {"size": args.size, "ablation": ablations},
+                                plots=False)
     print(file=sys.stderr)
     print(bench.table(rows))
     for key, abl in ablations.items():
@@ -276,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("--print-report", action="store_true", help="print the compile report too")
     dump.set_defaults(fn=cmd_dump)
     b = sub.add_parser("bench", help="benchmark fxc against eager and the peers")
-    b.add_argument("--model", required=True, help="zoo name(s), comma-separated")
+    b.add_argument("--model", required=True,
+                   help="zoo name(s), comma-separated; NAME@1+32 gives a model its own batches")
     b.add_argument("--size", default="base", choices=["tiny", "base"])
     b.add_argument("--batch", default="1", help="comma-separated batch sizes")
     b.add_argument("--device", default=None)
@@ -286,7 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--torch-compile", action="store_true", help="also time torch.compile")
     b.add_argument("--tc-modes", default="default,reduce-overhead",
                    help="torch.compile modes to time (GPU), comma-separated")
-    b.add_argument("--ablate", action="store_true", help="compile once without each pass")
+    b.add_argument("--ablate", nargs="?", const="each", default=None, metavar="SETS",
+                   help="compile again without passes: 'each' (default: every pass in turn) or "
+                        "comma-separated sets, '+' joining passes of one set; 'fusion' names "
+                        "all fusion passes (e.g. fusion,cast_precision,fuse_attention)")
+    b.add_argument("--isolate", action="store_true",
+                   help="run each model in a child process: a crash (device assert, OOM) "
+                        "becomes an error row instead of ending the run")
+    b.add_argument("--tag", default=None, help="results file name (default from the models)")
     b.add_argument("--out", default=None, help="write JSON and PNG plots here")
     b.set_defaults(fn=cmd_bench)
     return parser

@@ -28,6 +28,12 @@ class CompileOptions:
     # inputs stay fp32 (fp16 only; math.inf switches the check off); inputs/outputs keep dtypes.
     fp16_overflow_threshold: float = 30000.0
     keep_io_dtype: bool = True
+    # None: layer/group norm take half inputs where the engine is fxc's torch runtime (ATen's
+    # kernels keep the statistics in fp32 inside); False: always fp32 with casts around.
+    norms_in_half: bool | None = None
+    # CUDA, fp16/bf16: an exact GELU fused after a linear runs as the tanh form in the cuBLASLt
+    # epilogue (|difference| <= 4.7e-4, under half's rounding of such values). False: exact.
+    gelu_epilogue: bool = True
     # Torch backend runtime (runtime/torch_engine.py, passes/memory_plan.py):
     plan_memory: bool = True          # intermediates with a real out= kernel go in one arena
     planner: str = "best"             # arena order: 'best' (try all) or a memory_plan.ORDERS name

@@ -19,6 +19,8 @@ fxc_ops = torch.ops.fxc
 
 def activation(b: Builder, y: str, act: str, act_args, dt) -> str | Refuse:
     """The activations of fxc/ops/conv.py's ACTIVATIONS, as ONNX ops."""
+    if act == "identity":
+        return y
     if act == "relu":
         return b.op("Relu", [y])
     if act == "hardtanh":

@@ -2,10 +2,15 @@
 
     1. act(conv(x, W, b))              -> fxc::conv2d_act(x, W, b, ..., act, act_args)
     2. act(conv(x, W, b) + residual)   -> fxc::conv2d_add_act(x, W, b, residual, ..., act, act_args)
+    3. conv(x, W, b), 1x1, stride 1, unpadded, one group, not fused by 1 or 2, when compiling for
+       CUDA in fp16/bf16                 -> fxc::conv2d_act(x, W, b, ..., "identity", [])
 
 act: relu, hardtanh (relu6; its bounds travel in act_args), silu, gelu, gelu_tanh, sigmoid,
 hardswish (fxc/ops/conv.py). Rule 2 is ResNet's `relu(bn(conv(x)) + identity)` once fuse_bn has
-folded the batch norm; on CUDA both rules' relu cases run cuDNN's fused kernels.
+folded the batch norm; on CUDA both rules' relu cases run cuDNN's fused kernels. Rule 3 exists
+for CUDA's half GEMMs: there a channels_last 1x1 conv runs as one GEMM with the bias in its
+epilogue, where aten.convolution adds the bias with a kernel of its own (fxc/ops/conv.py); it
+runs after rules 1 and 2, on the convs they left, and nowhere else (the CPU graph is unchanged).
 
 Invariant: outputs equal the stage before: bitwise on CPU, where the fused ops run the same ATen
 ops (the tests check that); on CUDA cuDNN's fused kernel is another algorithm, which in fp32
@@ -38,8 +43,12 @@ UNSUPPORTED_ACTS = (aten.leaky_relu.default, aten.elu.default, aten.tanh.default
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-    return run_rules(gm, [Rule("conv_act", match_conv_act, apply_conv_act),
-                          Rule("conv_add_act", match_conv_add_act, apply_conv_add_act)], ctx)
+    first = run_rules(gm, [Rule("conv_act", match_conv_act, apply_conv_act),
+                           Rule("conv_add_act", match_conv_add_act, apply_conv_add_act)], ctx)
+    if not _gemm_target(ctx):
+        return first
+    then = run_rules(gm, [Rule("conv1x1_bias", match_conv1x1_bias, apply_conv1x1_bias)], ctx)
+    return PassResult(rewrites=first.rewrites + then.rewrites, notes=first.notes + then.notes)
 
 
 # -- shared with fuse_bn / fuse_linear ---------------------------------------------------------
@@ -165,6 +174,39 @@ def _residual(conv: fx.Node, add: fx.Node) -> fx.Node | Refuse:
     if res.dtype != out.dtype:
         return Refuse(f"the residual is {res.dtype}, the conv {out.dtype}")
     return other
+
+
+# -- rule 3: a biased 1x1 conv on CUDA in half -> the GEMM-with-bias-epilogue kernel -----------
+
+def _gemm_target(ctx: PassContext) -> bool:
+    return ctx.options.device.type == "cuda" and ctx.options.precision in ("fp16", "bf16")
+
+
+def match_conv1x1_bias(conv: fx.Node, ctx: PassContext):
+    if not is_op(conv, aten.convolution.default):
+        return None
+    why = _conv_problem(conv)
+    if why:
+        return Refuse(why)
+    c = normalized(conv)
+    if c["bias"] is None:
+        return Refuse("1x1 conv without bias: nothing for an epilogue to add")
+    if tuple(ir.tensor_meta(c["weight"]).shape[2:]) != (1, 1):
+        return None  # not a GEMM: left to cuDNN, no refusal to report
+    if any(int(s) != 1 for s in c["stride"]) or any(int(p) != 0 for p in c["padding"]) \
+            or int(c["groups"]) != 1:
+        return Refuse("1x1 conv with stride, padding or groups is not a plain GEMM")
+    return conv
+
+
+def apply_conv1x1_bias(gm: fx.GraphModule, conv: fx.Node, ctx: PassContext) -> int:
+    c = normalized(conv)
+    with gm.graph.inserting_before(conv):
+        new = ir.new_call(gm.graph, torch.ops.fxc.conv2d_act.default,
+                          (c["input"], c["weight"], c["bias"], *_geometry(c), "identity", []),
+                          like=conv)
+    conv.replace_all_uses_with(new)
+    return 1
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ gpu = pytest.mark.gpu
 
 # (act, act_args, the torch function it must equal)
 ACTS = [
+    ("identity", [], lambda y: y),
     ("relu", [], F.relu),
     ("hardtanh", [0.0, 6.0], F.relu6),
     ("hardtanh", [-1.5, 0.25], lambda y: F.hardtanh(y, -1.5, 0.25)),
@@ -59,7 +60,7 @@ def test_conv2d_act_reference_is_conv_then_act(geom, act, act_args, fn):
     assert torch.equal(got, expected)  # the same ATen ops: bitwise
 
 
-@pytest.mark.parametrize("act,act_args,fn", ACTS[:3], ids=["relu", "relu6", "hardtanh"])
+@pytest.mark.parametrize("act,act_args,fn", ACTS[1:4], ids=["relu", "relu6", "hardtanh"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_conv2d_add_act_reference_is_conv_add_act(act, act_args, fn, bias):
     x, w, b, *rest = conv_args(GEOMETRIES[0], bias=bias)
@@ -138,39 +139,72 @@ def _ran(fn, op_name: str) -> bool:
     return any(e.key == op_name for e in prof.key_averages())
 
 
+RELU_LIKE = [("relu", [], F.relu), ("hardtanh", [0.0, 6.0], F.relu6)]
+
+
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("geom", GEOMETRIES, ids=range(len(GEOMETRIES)))
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_cuda_conv_relu_is_cudnn_fused_and_matches(dtype, geom, bias, channels_last):
+@pytest.mark.parametrize("act,act_args,fn", RELU_LIKE, ids=["relu", "relu6"])
+def test_cuda_conv_relu_is_cudnn_fused_and_matches(dtype, geom, bias, channels_last, act,
+                                                   act_args, fn):
     x, w, b, *rest = conv_args(geom, dtype, "cuda", bias)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-        ref = F.relu(torch_conv(x, w, b, *rest))
-        got = fxc_ops.conv2d_act(x, w, b, *rest, "relu", [])
+        fused = x.numel() > 0 and geom[-1] == 1  # grouped convs run the reference (faster)
+        ref = fn(torch_conv(x, w, b, *rest))
+        got = fxc_ops.conv2d_act(x, w, b, *rest, act, act_args)
         if x.numel():
-            assert _ran(lambda: fxc_ops.conv2d_act(x, w, b, *rest, "relu", []),
-                        "aten::cudnn_convolution_relu")
+            assert _ran(lambda: fxc_ops.conv2d_act(x, w, b, *rest, act, act_args),
+                        "aten::cudnn_convolution_relu") == fused
         r = torch.randn_like(ref)
-        ref_add = F.relu(torch_conv(x, w, b, *rest) + r)
-        got_add = fxc_ops.conv2d_add_act(x, w, b, r, *rest, "relu", [])
+        ref_add = fn(torch_conv(x, w, b, *rest) + r)
+        got_add = fxc_ops.conv2d_add_act(x, w, b, r, *rest, act, act_args)
         if x.numel():
-            assert _ran(lambda: fxc_ops.conv2d_add_act(x, w, b, r, *rest, "relu", []),
-                        "aten::cudnn_convolution_add_relu")
+            assert _ran(lambda: fxc_ops.conv2d_add_act(x, w, b, r, *rest, act, act_args),
+                        "aten::cudnn_convolution_add_relu") == fused
     torch.testing.assert_close(got, ref, **kernel_tolerance(dtype, ref))
     torch.testing.assert_close(got_add, ref_add, **kernel_tolerance(dtype, ref_add))
 
 
 @gpu
-@pytest.mark.parametrize("act,act_args,fn", ACTS[1:], ids=[a for a, _, _ in ACTS[1:]])
+@pytest.mark.parametrize("act,act_args,fn", [a for a in ACTS if a[0] not in ("relu", "identity")
+                                            and a[2] is not F.relu6],
+                         ids=lambda v: v if isinstance(v, str) else "")
 def test_cuda_conv_other_acts_run_the_reference(act, act_args, fn):
     x, w, b, *rest = conv_args(GEOMETRIES[0], torch.float16, "cuda")
     got = fxc_ops.conv2d_act(x, w, b, *rest, act, act_args)
     assert not _ran(lambda: fxc_ops.conv2d_act(x, w, b, *rest, act, act_args),
                     "aten::cudnn_convolution_relu")
     assert torch.equal(got, fn(torch_conv(x, w, b, *rest)))
+
+
+POINTWISE = ((2, 8, 5, 7), (12, 8, 1, 1), [1, 1], [0, 0], [1, 1], 1)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("act,act_args,fn,op", [
+    ("identity", [], lambda y: y, "aten::addmm"),
+    ("relu", [], F.relu, "aten::_addmm_activation"),
+    ("hardtanh", [0.0, 6.0], F.relu6, "aten::_addmm_activation"),
+], ids=["identity", "relu", "relu6"])
+def test_cuda_pointwise_conv_is_one_gemm_with_bias_epilogue(dtype, act, act_args, fn, op):
+    x, w, b, *rest = conv_args(POINTWISE, dtype, "cuda")
+    x = x.to(memory_format=torch.channels_last)
+    ref = fn(torch_conv(x, w, b, *rest))
+    call = lambda: fxc_ops.conv2d_act(x, w, b, *rest, act, act_args)  # noqa: E731
+    got = call()
+    assert _ran(call, op) and not _ran(call, "aten::cudnn_convolution")
+    assert got.shape == ref.shape and got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, ref, **kernel_tolerance(dtype, ref))
+    nchw = x.contiguous()  # not a GEMM view: the reference (cuDNN conv + bias)
+    assert not _ran(lambda: fxc_ops.conv2d_act(nchw, w, b, *rest, act, act_args), op)
+    torch.testing.assert_close(fxc_ops.conv2d_act(nchw, w, b, *rest, act, act_args), ref,
+                               **kernel_tolerance(dtype, ref))
 
 
 @gpu

@@ -115,7 +115,7 @@ class Block(nn.Module):
 def test_gemms_in_half_sensitive_ops_in_fp32_with_casts_around(precision):
     low, x = LOW[precision], torch.randn(2, 4, 16)
     gm = captured(Block(), x)
-    before, after, result, ctx = run_pass(gm, [x], precision)
+    before, after, result, ctx = run_pass(gm, [x], precision, norms_in_half=False)
     linears = calls(gm, aten.linear.default)
     assert len(linears) == 2 and all(dtype(n) == low for n in linears)
     assert all(dtype(a) == low for n in linears for a in n.all_input_nodes)  # weights too
@@ -131,6 +131,63 @@ def test_gemms_in_half_sensitive_ops_in_fp32_with_casts_around(precision):
     assert any(x.startswith("softmax (aten.softmax.int): policy") for x in lines)
     assert any(x.startswith("layer_norm (aten.layer_norm.default): policy") for x in lines)
     assert result.rewrites > 0
+
+
+@pytest.mark.parametrize("backend,norms_in_half,expect_half", [
+    ("torch", None, True), ("onnxruntime", None, False), ("torch", False, False),
+    ("onnxruntime", True, True)])
+def test_layer_norm_reads_half_where_its_kernel_keeps_fp32_statistics(backend, norms_in_half,
+                                                                     expect_half):
+    x = torch.randn(2, 4, 16)
+    gm = captured(Block(), x)
+    o = resolve(device=None, precision="fp16", backend=backend, verify=False, dump_dir=None,
+                disable_passes=(), default_device=torch.device("cpu"),
+                norms_in_half=norms_in_half)
+    before = tuple(gm(x))
+    c = PassContext(o, [x])
+    cast_precision.run(gm, c)
+    gm.recompile()
+    ir.lint(gm, "cast_precision")
+    (sm,), (ln,) = calls(gm, aten.softmax.int), calls(gm, aten.layer_norm.default)
+    assert dtype(sm) == torch.float32  # softmax keeps the policy's fp32 either way
+    assert dtype(ln) == (torch.float16 if expect_half else torch.float32)
+    if expect_half:  # half in, half weights, no cast pair around it
+        assert all(dtype(a) == torch.float16 for a in ln.all_input_nodes)
+        assert any("layer/group norm(s) read fp16" in line for line in fp32_report(c))
+        assert not any(x.startswith("layer_norm (") for x in fp32_report(c))
+    after = tuple(gm(*c.example_inputs))
+    assert lowp_problem(after[0], before[0]) is None
+
+
+class LinearGelu(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 16)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc(x)))
+
+
+@pytest.mark.parametrize("device,flag,expect", [("cuda", True, "gelu_tanh"),
+                                                ("cuda", False, "gelu"), ("cpu", True, "gelu")])
+def test_exact_gelu_epilogue_becomes_tanh_only_on_cuda_half(device, flag, expect):
+    from fxc.options import CompileOptions
+    from fxc.passes import fuse_linear
+    x = torch.randn(3, 16)
+    gm = captured(LinearGelu(), x)
+    o = CompileOptions(device=torch.device(device), precision="fp16", backend="torch",
+                       gelu_epilogue=flag)
+    c = PassContext(o, [x])
+    fuse_linear.run(gm, c)
+    before = tuple(gm(x))
+    result = cast_precision.run(gm, c)
+    gm.recompile()
+    ir.lint(gm, "cast_precision")
+    (fused,) = calls(gm, torch.ops.fxc.linear_act.default)
+    assert fused.args[3] == expect
+    assert result.stats["tanh_gelu_epilogues"] == (expect == "gelu_tanh")
+    after = tuple(gm(*c.example_inputs))  # the reference kernels run on CPU: numbers hold
+    assert lowp_problem(after[0], before[0]) is None
 
 
 def test_weights_become_half_constants_and_fp32_originals_are_freed():

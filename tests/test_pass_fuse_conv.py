@@ -401,7 +401,9 @@ def test_zoo_compiles_fused_and_matches_eager(name):
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_zoo_on_cuda_runs_cudnn_fused_kernels(name):
     model, inputs = get(name, "tiny")
-    compiled = fxc.compile(model, inputs, device="cuda", backend="torch", verify=True)
+    # The step loop (no CUDA graph): a graph replay hides the ATen ops from the profiler.
+    compiled = fxc.compile(model, inputs, device="cuda", backend="torch", verify=True,
+                           cuda_graphs=False)
     x = inputs[0].cuda()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         out = compiled(x)
@@ -412,3 +414,57 @@ def test_zoo_on_cuda_runs_cudnn_fused_kernels(name):
         eager = model.cuda()(x)
     err = ((out - eager).norm() / eager.norm()).item()
     assert err < 5e-3, err  # TF32 convolutions (cuDNN's default): ~3e-4 per layer
+
+
+# -- rule 3: biased 1x1 convs on CUDA in half -> one GEMM with a bias epilogue ---------------
+
+class Pointwise(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.plain = nn.Conv2d(4, 6, 1)                  # fires: rule 3
+        self.act = nn.Conv2d(6, 6, 1)                    # rule 1 (relu) takes it first
+        self.k3 = nn.Conv2d(6, 6, 3, padding=1)          # not a GEMM: left alone, no refusal
+        self.strided = nn.Conv2d(6, 6, 1, stride=2)      # refused: stride
+        self.nobias = nn.Conv2d(6, 6, 1, bias=False)     # refused: no bias
+
+    def forward(self, x):
+        y = self.k3(F.relu(self.act(self.plain(x))))
+        return self.nobias(self.strided(y))
+
+
+def half_cuda_ctx(precision="fp16"):
+    return fxc.passes.PassContext(fxc.options.CompileOptions(device=torch.device("cuda"),
+                                                             precision=precision), [])
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_pointwise_convs_become_identity_epilogue_ops_for_cuda_half(precision):
+    x = torch.randn(2, 4, 8, 8)
+    gm = captured(Pointwise(), x)
+    before = outputs(gm, (x,))
+    result = fuse_conv.run(gm, half_cuda_ctx(precision))
+    gm.recompile()
+    ir.lint(gm, "fuse_conv")
+    acts = [a[7] for a in fused_args(gm, CONV_ACT)]
+    assert sorted(acts) == ["identity", "relu"], acts
+    assert count(gm, aten.convolution.default) == 3  # k3, strided, nobias
+    assert "refused conv1x1_bias: 1x1 conv with stride, padding or groups is not a plain GEMM (x1)" \
+        in result.notes
+    assert any("1x1 conv without bias" in n for n in result.notes)
+    for a, b in zip(outputs(gm, (x,)), before, strict=True):
+        assert torch.equal(a, b)  # identity's reference on CPU is the same aten.convolution
+    code = gm.code
+    assert fuse_conv.run(gm, half_cuda_ctx(precision)).rewrites == 0 and gm.code == code
+
+
+@pytest.mark.parametrize("where", ["cpu-fp16", "cuda-fp32"])
+def test_pointwise_rule_must_not_fire_off_cuda_half(where):
+    device, precision = where.split("-")
+    x = torch.randn(2, 4, 8, 8)
+    gm = captured(Pointwise(), x)
+    c = fxc.passes.PassContext(fxc.options.CompileOptions(device=torch.device(device),
+                                                          precision=precision), [])
+    fuse_conv.run(gm, c)
+    gm.recompile()
+    assert [a[7] for a in fused_args(gm, CONV_ACT)] == ["relu"]
+    assert count(gm, aten.convolution.default) == 4

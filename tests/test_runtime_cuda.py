@@ -34,8 +34,10 @@ def section(compiled, title):
 def test_zoo_captured_graph_matches_step_loop_and_eager(name):
     model, inputs = get(name, "tiny", batch=2)
     model, inputs = model.cuda(), tuple(x.cuda() for x in inputs)
-    graphed = fxc.compile(model, inputs, backend="torch")
-    loop = fxc.compile(model, inputs, backend="torch", cuda_graphs=False)
+    # The layout pass times both layouts per compile and may choose differently for the two
+    # (then cuDNN's TF32 algorithms differ at 1e-3): pinned off, the graphs are the same.
+    graphed = fxc.compile(model, inputs, backend="torch", disable_passes=("layout",))
+    loop = fxc.compile(model, inputs, backend="torch", cuda_graphs=False, disable_passes=("layout",))
     assert graphed.engine.cuda_graph is not None, section(graphed, "CUDA graph")
     assert section(graphed, "CUDA graph")[0].startswith("captured")
     assert loop.engine.cuda_graph is None

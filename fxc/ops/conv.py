@@ -14,6 +14,7 @@ The reference is rank-generic (stride/padding/dilation of any length); the passe
 ops for 2-D convolutions, where cuDNN has the fused kernels.
 
 `act` names the activation, `act_args` its scalar arguments (ACTIVATIONS below):
+    identity              y                         (conv + bias only: see CUDA below)
     relu                  max(y, 0)
     hardtanh [lo, hi]     min(max(y, lo), hi)      (relu6 is hardtanh [0, 6]: bounds always kept)
     silu                  y * sigmoid(y)
@@ -22,11 +23,23 @@ ops for 2-D convolutions, where cuDNN has the fused kernels.
     sigmoid               1 / (1 + exp(-y))
     hardswish             y * min(max(y + 3, 0), 6) / 6
 
-CUDA: relu in fp16/fp32 on 4-D input runs cuDNN's fused conv+bias(+add)+relu
-(`torch.cudnn_convolution_relu`, `torch.cudnn_convolution_add_relu`); everything else runs the
-reference. Where the input is channels_last the cuDNN kernels return channels_last. The fused
-kernels round once, from the fp32 epilogue; the reference rounds the conv output before the
-add and relu: in fp16 they differ by up to an ulp (H100, cuDNN 9). Measured there (fp16,
+CUDA kernels, first that fits (else the reference):
+  - 1x1 conv, stride 1, no padding, one group, channels_last input, fp16/bf16, with bias, act
+    identity/relu/relu6: the conv *is* a GEMM over the (N*H*W, C_in) view of the input, so it
+    runs as one cuBLASLt GEMM whose epilogue adds the bias (and relu): `torch.addmm` /
+    `torch._addmm_activation`, written straight into the channels_last output; relu6 adds an
+    in-place clamp_max. cuDNN runs these convs as the same GEMM kernels, but adds the bias with
+    a separate broadcast kernel (MobileNet: 52 of them, 2.5 us each at batch 1 on an H100).
+  - relu or relu6 (hardtanh [0, hi]) in fp16/fp32 on 4-D input, one group: cuDNN's fused
+    conv+bias(+add)+relu (`torch.cudnn_convolution_relu`, `torch.cudnn_convolution_add_relu`);
+    relu6 then clamps in place (min(relu(y), hi) == hardtanh(y, 0, hi) exactly). Grouped and
+    depthwise convs run the reference: cuDNN's fused engine for them is a generic direct kernel,
+    measured 11 us per MobileNet-v2 depthwise layer (H100, fp16, batch 1) against 3 us for
+    its unfused depthwise kernel plus 2 elementwise ones. Where cuDNN has no fused engine for a
+    geometry (it raises), that geometry runs the reference from then on. Where the input is
+    channels_last the cuDNN kernels return channels_last.
+The fused kernels round once, from the fp32 epilogue; the reference rounds the conv output before
+the add and relu: in fp16 they differ by up to an ulp (H100, cuDNN 9). Measured there (fp16,
 batch 32, median of 50): one 3x3 64-channel 56x56 layer ran 9-18% slower fused than as
 conv + relu, yet resnet50 as a whole ran 3.9% faster fused (3.53 vs 3.67 ms, BN folded in both).
 """
@@ -39,6 +52,7 @@ aten = torch.ops.aten
 
 # name -> (number of act_args, the ATen ops that compute it)
 ACTIVATIONS: dict[str, tuple[int, Callable]] = {
+    "identity": (0, lambda y: y),
     "relu": (0, lambda y: aten.relu.default(y)),
     "hardtanh": (2, lambda y, lo, hi: aten.hardtanh.default(y, lo, hi)),
     "silu": (0, lambda y: aten.silu.default(y)),
@@ -85,17 +99,72 @@ def conv_out_shape(x: torch.Tensor, w: torch.Tensor, stride, padding, dilation) 
 
 
 _FAST_DTYPES = (torch.float16, torch.float32)
+_GEMM_DTYPES = (torch.float16, torch.bfloat16)
+_NO_FUSED_ENGINE: set = set()  # geometries cuDNN refused once: (fn, groups > 1, dtype, k)
+
+
+def _relu_bound(act: str, act_args: Sequence[float]) -> float | None:
+    """None for relu; hi for relu6-like hardtanh [0, hi]; NaN where act is neither."""
+    if act == "relu":
+        return None
+    if act == "hardtanh" and act_args[0] == 0.0 and act_args[1] >= 0.0:
+        return float(act_args[1])
+    return float("nan")
+
+
+def _clamped(y: torch.Tensor, hi: float | None) -> torch.Tensor:
+    return y if hi is None else y.clamp_max_(hi)
 
 
 def _cudnn_fusable(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], act: str,
-                   fn_name: str, *others: torch.Tensor) -> bool:
-    """cuDNN's fused kernels compute relu only, 2-D, fp16/fp32, one dtype, non-empty, and
-    never deterministically (they pass deterministic=false): fall back where any fails."""
-    return (act == "relu" and hasattr(torch, fn_name) and torch.backends.cudnn.is_available()
+                   act_args: Sequence[float], fn_name: str, *others: torch.Tensor) -> bool:
+    """cuDNN's fused kernels compute relu only (relu6 clamps after), 2-D, one group,
+    fp16/fp32, one dtype, non-empty, and never deterministically (they pass deterministic=false): fall back
+    where any fails, or where cuDNN refused this geometry before."""
+    hi = _relu_bound(act, act_args)
+    return ((hi is None or hi == hi) and hasattr(torch, fn_name)
+            and torch.backends.cudnn.is_available()
             and torch.backends.cudnn.enabled and not torch.backends.cudnn.deterministic
             and not torch.are_deterministic_algorithms_enabled()
             and x.dim() == 4 and w.dim() == 4 and x.numel() > 0 and x.dtype in _FAST_DTYPES
-            and all(t.dtype == x.dtype for t in (w, *others) + ((b,) if b is not None else ())))
+            and w.shape[1] == x.shape[1]  # one group (module docstring)
+            and all(t.dtype == x.dtype for t in (w, *others) + ((b,) if b is not None else ()))
+            and _engine_key(fn_name, x, w) not in _NO_FUSED_ENGINE)
+
+
+def _engine_key(fn_name, x, w) -> tuple:
+    return fn_name, x.dtype, tuple(w.shape[2:])
+
+
+def _try_cudnn(fn_name: str, x, w, call: Callable) -> Optional[torch.Tensor]:
+    """Run a cuDNN fused call; None (and remember the geometry) where cuDNN has no engine."""
+    try:
+        return call()
+    except RuntimeError:
+        _NO_FUSED_ENGINE.add(_engine_key(fn_name, x, w))
+        return None
+
+
+def _gemm_fits(x, w, b, stride, padding, groups, act, act_args) -> bool:
+    """The 1x1 conv that is exactly a GEMM on the channels_last view (module docstring)."""
+    hi = _relu_bound(act, act_args)
+    return ((act == "identity" or hi is None or hi == hi) and b is not None
+            and x.dim() == 4 and w.dim() == 4 and tuple(w.shape[2:]) == (1, 1)
+            and all(s == 1 for s in stride) and all(p == 0 for p in padding) and groups == 1
+            and x.numel() > 0 and x.dtype in _GEMM_DTYPES and w.dtype == x.dtype == b.dtype
+            and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def _conv1x1_gemm(x, w, b, act, act_args) -> torch.Tensor:
+    n, c, h, wd = x.shape
+    x2d = x.permute(0, 2, 3, 1).reshape(n * h * wd, c)   # a view: x is channels_last
+    w2d = w.reshape(w.shape[0], c).t()                    # (C_in, C_out)
+    if act == "identity":
+        y = torch.addmm(b, x2d, w2d)
+    else:
+        y = _clamped(torch._addmm_activation(b, x2d, w2d, use_gelu=False),
+                     _relu_bound(act, act_args))
+    return y.view(n, h, wd, w.shape[0]).permute(0, 3, 1, 2)  # (N, C_out, H, W) channels_last
 
 
 # -- fxc::conv2d_act -------------------------------------------------------------------------
@@ -120,9 +189,15 @@ def _(x, w, b, stride, padding, dilation, groups, act, act_args):
 
 @conv2d_act.register_kernel("cuda")
 def _(x, w, b, stride, padding, dilation, groups, act, act_args):
-    if _cudnn_fusable(x, w, b, act, "cudnn_convolution_relu"):
-        return torch.cudnn_convolution_relu(x, w, b, list(stride), list(padding), list(dilation),
-                                            groups)
+    check_act(act, act_args)
+    if _gemm_fits(x, w, b, stride, padding, groups, act, act_args):
+        return _conv1x1_gemm(x, w, b, act, act_args)
+    fn = "cudnn_convolution_relu"
+    if _cudnn_fusable(x, w, b, act, act_args, fn):
+        y = _try_cudnn(fn, x, w, lambda: torch.cudnn_convolution_relu(
+            x, w, b, list(stride), list(padding), list(dilation), groups))
+        if y is not None:
+            return _clamped(y, _relu_bound(act, act_args))
     return activate(_conv(x, w, b, stride, padding, dilation, groups), act, act_args)
 
 
@@ -154,8 +229,12 @@ def _(x, w, b, residual, stride, padding, dilation, groups, act, act_args):
 
 @conv2d_add_act.register_kernel("cuda")
 def _(x, w, b, residual, stride, padding, dilation, groups, act, act_args):
-    if _cudnn_fusable(x, w, b, act, "cudnn_convolution_add_relu", residual):
-        return torch.cudnn_convolution_add_relu(x, w, residual, 1.0, b, list(stride),
-                                                list(padding), list(dilation), groups)
+    check_act(act, act_args)
+    fn = "cudnn_convolution_add_relu"
+    if _cudnn_fusable(x, w, b, act, act_args, fn, residual):
+        y = _try_cudnn(fn, x, w, lambda: torch.cudnn_convolution_add_relu(
+            x, w, residual, 1.0, b, list(stride), list(padding), list(dilation), groups))
+        if y is not None:
+            return _clamped(y, _relu_bound(act, act_args))
     y = _conv(x, w, b, stride, padding, dilation, groups)
     return activate(aten.add.Tensor(y, residual), act, act_args)
