@@ -53,7 +53,8 @@ class CompiledModule:
 
     def profile(self, *args, iters: int = 100, top: int = 15, quiet: bool = False, **kwargs):
         """Time every step and `iters` whole calls on these inputs; prints the costliest
-        steps and a latency histogram (unless quiet) and returns the runtime.profile.Profile."""
+        steps and a latency histogram (unless quiet) and returns the runtime.profile.Profile.
+        Steps are the torch runtime's: another backend raises FxcOptionError saying so."""
         from fxc.runtime.profile import profile
         result = profile(self, args, kwargs, iters=iters, top=top)
         if not quiet:
@@ -76,8 +77,11 @@ def compile(model: torch.nn.Module, example_inputs, *, device=None, precision: s
     or one tensor). Inputs of later calls must match them in structure, dtype, shape, device.
 
     device: where it runs (default: where the example inputs are); precision: 'fp32', 'fp16'
-    or 'bf16'; backend: 'auto', 'torch', 'onnxruntime' or 'tensorrt'; verify: check every pass
-    numerically; dump_dir: write each stage there; disable_passes: pass names to skip.
+    or 'bf16'; backend: 'auto', 'torch', 'onnxruntime' or 'tensorrt' ('auto' takes the first
+    of backends.AUTO_ORDER that can take the graph, falling back to 'torch', and says why in
+    the report; a named backend raises instead); verify: check every pass numerically;
+    dump_dir: write each stage there; disable_passes: pass names to skip.
+    dynamic_batch=True (onnxruntime, tensorrt): calls may use any batch size on dim 0.
     """
     from fxc.passes import PIPELINE, PassContext, run_pipeline  # after fxc.* is importable
     from fxc.runtime import InputChecker
@@ -102,26 +106,37 @@ def compile(model: torch.nn.Module, example_inputs, *, device=None, precision: s
     ctx = PassContext(opts, flat_inputs)
     records = run_pipeline(gm, ctx, PIPELINE, on_stage=dumper)
 
-    chosen = backends.choose(opts)
     t0 = time.perf_counter()
-    engine = chosen.build(gm, opts, flat_inputs)
+    chosen, engine, passed_over = backends.build(gm, opts, flat_inputs)
     backend_ms = (time.perf_counter() - t0) * 1e3
     report = CompileReport(device=str(opts.device), precision=opts.precision, backend=chosen.name,
                            capture_ms=capture_ms, captured_nodes=captured_nodes, records=records,
-                           backend_ms=backend_ms)
+                           backend_ms=backend_ms,
+                           backend_choice=_backend_choice(opts, chosen.name, passed_over))
     for title, lines in ctx.state.get("report_sections", []) + getattr(engine, "report_sections", []):
         report.add_section(title, lines)
     report.total_ms = (time.perf_counter() - t_start) * 1e3
     specs = _host_specs(captured.inputs) if opts.host_inputs and opts.device.type == "cuda" \
         else captured.inputs
     specs = _graph_dtypes(specs, gm)  # keep_io_dtype=False: the graph may now take half inputs
-    checker = InputChecker(specs, captured.in_spec, captured.layout)
+    # An engine built for a dynamic batch says which inputs' dim 0 is free (runtime/inputs.py).
+    checker = InputChecker(specs, captured.in_spec, captured.layout, getattr(engine, "batch", None))
     compiled = CompiledModule(engine, checker, captured.out_spec, gm, report, opts)
     if dumper:  # report.html and model.onnx beside the stage dumps (fxc/dump.py)
         dumper.finish(report, memory_plan=getattr(compiled, "memory_plan", None),
                       onnx_model=getattr(getattr(engine, "lowered", None), "model", None),
                       gm=gm, title=type(model).__name__)
     return compiled
+
+
+def _backend_choice(opts: CompileOptions, chosen: str, passed_over: list[str]) -> str:
+    """The report's line on how `auto` chose (empty when the user named the backend)."""
+    if opts.backend != "auto":
+        return ""
+    if passed_over:
+        return f"{chosen} (auto; " + "; ".join(passed_over) + ")"
+    order = ", ".join(backends.AUTO_ORDER.get(opts.device.type, ["torch"]))
+    return f"{chosen} (auto: the first of {order} on {opts.device.type} that takes the graph)"
 
 
 def _graph_dtypes(specs, gm: fx.GraphModule):

@@ -168,7 +168,7 @@ def load(directory: str, device: str | torch.device | None = None) -> LoadedModu
     else:
         from fxc.runtime.ort_engine import OrtEngine
         engine = OrtEngine(lowered, dev, model_path=lowered.model_path)
-    checker = _checker(manifest, dev)
+    checker = _checker(manifest, dev, getattr(engine, "batch", None))
     out_spec = _loads(manifest["out_spec"], "out_spec")
     return LoadedModule(engine, checker, out_spec, manifest)
 
@@ -293,7 +293,8 @@ def _external_locations(model) -> set[str]:
     return locs
 
 
-def _checker(manifest: dict, device: torch.device):
+def _checker(manifest: dict, device: torch.device, batch=None):
+    """The input checker of the saved specs; `batch`: the engine's DynamicBatch, if any."""
     from fxc.capture import InputSpec
     from fxc.runtime import InputChecker
     specs = []
@@ -308,10 +309,7 @@ def _checker(manifest: dict, device: torch.device):
             raise FxcArtifactError(f"manifest input spec {s!r} is malformed: {e}") from None
     in_spec = _loads(manifest["in_spec"], "in_spec")
     layout = _layout(manifest.get("layout"))
-    try:
-        return InputChecker(specs, in_spec, layout)
-    except TypeError:  # an InputChecker without call layouts
-        return InputChecker(specs, in_spec)
+    return InputChecker(specs, in_spec, layout, batch)
 
 
 def _loads(text: str, what: str):

@@ -1,7 +1,13 @@
 """Backend registry: name -> how to build an engine for the final graph.
 
 An engine is any object with `name` and `run(list_of_tensors) -> list_of_outputs`.
-`auto` takes the first backend of AUTO_ORDER[device type] that is available.
+
+`build` is the one entry point: a named backend builds or raises (never a silent fallback
+when the user named it); `auto` walks AUTO_ORDER[device type], skipping a backend that is
+not available here or cannot honour an option the user set, and falling through to the next
+when one cannot take this graph (an op it has no converter or kernel for, a dynamic-batch
+refusal, a dtype its runtime cannot hold). Every backend passed over is noted, with why, for
+the compile report.
 """
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from typing import Callable
 
 import torch.fx as fx
 
-from .errors import FxcBackendUnavailableError
+from .errors import (FxcBackendUnavailableError, FxcOptionError, FxcUnsupportedOpError)
 from .options import CompileOptions
 
 
@@ -19,12 +25,16 @@ class Backend:
     name: str
     build: Callable[[fx.GraphModule, CompileOptions, list], object]
     available: Callable[[CompileOptions], str | None]  # None if usable, else why not
+    # None if it honours every option set, else the option it cannot (auto then skips it)
+    honours: Callable[[CompileOptions], str | None] = lambda options: None
 
 
 _REGISTRY: dict[str, Backend] = {}
 
-# Fastest first, per device type (measured: see README's performance section).
-AUTO_ORDER = {"cuda": ["tensorrt", "torch"], "cpu": ["torch"]}
+# Fastest first, per device type (measured: see README's performance section; on a 2-core
+# CPU ONNX Runtime ran the zoo 1.7-20x faster than the torch step list). torch comes last
+# everywhere: it runs every graph, so auto always has an engine to fall back to.
+AUTO_ORDER = {"cuda": ["tensorrt", "torch"], "cpu": ["onnxruntime", "torch"]}
 
 
 def register(backend: Backend) -> None:
@@ -32,27 +42,126 @@ def register(backend: Backend) -> None:
 
 
 def choose(options: CompileOptions) -> Backend:
+    """The named backend (or FxcBackendUnavailableError); under auto, the first of
+    AUTO_ORDER that is available and honours the options (before trying the graph)."""
     if options.backend != "auto":
-        b = _REGISTRY.get(options.backend)
-        if b is None:
-            raise FxcBackendUnavailableError(f"backend {options.backend!r} is not built into this fxc")
-        why = b.available(options)
-        if why:
-            raise FxcBackendUnavailableError(f"backend {options.backend!r} cannot run here: {why}")
-        return b
-    for name in AUTO_ORDER.get(options.device.type, ["torch"]):
+        return _named(options)
+    return next(b for b, why in _auto_candidates(options) if why is None)
+
+
+def build(gm: fx.GraphModule, options: CompileOptions,
+          example_inputs: list) -> tuple[Backend, object, list[str]]:
+    """(backend, engine, notes): see the module docstring. Under auto, when no backend can
+    take the graph, the first backend's error is raised (it says the most about why)."""
+    if options.backend != "auto":
+        chosen = _named(options)
+        return chosen, chosen.build(gm, options, example_inputs), []
+    notes, first_error = [], None
+    for b, why in _auto_candidates(options):
+        if why is not None:
+            notes.append(f"{b.name} passed over: {why}")
+            continue
+        try:
+            engine = b.build(gm, options, example_inputs)
+        except cannot_take_graph() as e:
+            notes.append(f"{b.name} could not take this graph: {summary(e)}")
+            first_error = first_error or e
+            continue
+        return b, engine, notes
+    if first_error is not None:
+        raise first_error
+    raise FxcOptionError("backend='auto': no backend can honour these options:\n  "
+                         + "\n  ".join(notes))
+
+
+def _named(options: CompileOptions) -> Backend:
+    b = _REGISTRY.get(options.backend)
+    if b is None:
+        raise FxcBackendUnavailableError(f"backend {options.backend!r} is not built into this fxc")
+    why = b.available(options)
+    if why:
+        raise FxcBackendUnavailableError(f"backend {options.backend!r} cannot run here: {why}")
+    return b
+
+
+def _auto_candidates(options: CompileOptions) -> list[tuple[Backend, str | None]]:
+    """AUTO_ORDER's backends for this device, torch last, each with why it is skipped (None:
+    try it). torch is never skipped for availability: it is the fallback that always runs."""
+    names = [n for n in AUTO_ORDER.get(options.device.type, []) if n != "torch"] + ["torch"]
+    out = []
+    for name in names:
         b = _REGISTRY.get(name)
-        if b is not None and b.available(options) is None:
-            return b
-    return _REGISTRY["torch"]
+        if b is None:
+            continue
+        out.append((b, b.available(options) or b.honours(options)))
+    return out
+
+
+def cannot_take_graph() -> tuple[type[BaseException], ...]:
+    """Errors by which a backend says it cannot take this graph (as opposed to a bug in the
+    user's call): unsupported ops and dynamic-batch refusals, a dtype its runtime cannot
+    hold, a lowered model the ONNX checker rejects (bf16 Conv has no ONNX type), and ONNX
+    Runtime refusing the model when it builds its session."""
+    errors: list[type[BaseException]] = [FxcUnsupportedOpError, FxcBackendUnavailableError]
+    try:
+        import onnx
+        errors += [onnx.checker.ValidationError, onnx.shape_inference.InferenceError]
+    except ImportError:  # pragma: no cover - onnx is a dependency
+        pass
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+        errors += [getattr(ort_state, n) for n in ("Fail", "InvalidGraph", "InvalidArgument",
+                                                   "NotImplemented", "RuntimeException")
+                   if hasattr(ort_state, n)]
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def summary(e: BaseException, limit: int = 240) -> str:
+    """One line for the report: the unsupported ops by name, or the error's first line."""
+    if isinstance(e, FxcUnsupportedOpError):
+        ops = sorted({op for op, _, _ in e.unsupported})
+        text = f"{len(ops)} op(s) unsupported: " + ", ".join(ops)
+    else:
+        lines = str(e).strip().splitlines()
+        text = f"{type(e).__name__}: {lines[0] if lines else ''}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _torch_build(gm, options, example_inputs):
     from fxc.runtime import TorchEngine
+    why = _torch_refuses(options)
+    if why:
+        raise FxcOptionError(why)
     return TorchEngine(gm, options, example_inputs)  # plans memory, captures a CUDA graph
 
 
-register(Backend("torch", _torch_build, lambda options: None))
+def _torch_refuses(options) -> str | None:
+    """The torch runtime plans buffers (and captures a CUDA graph) for the compile shapes, and
+    its graph bakes those shapes into reshapes: it runs the compile batch only."""
+    if options.dynamic_batch:
+        return ("dynamic_batch=True: the torch backend runs the compile-time batch size only "
+                "(its memory plan and graph are for those shapes); use backend='onnxruntime' "
+                "(CPU or CUDA) or backend='tensorrt' (CUDA), or compile once per batch size")
+    return None
+
+
+register(Backend("torch", _torch_build, lambda options: None, _torch_refuses))
+
+# Options that tune fxc's own runtime (runtime/torch_engine.py) and that ONNX Runtime has no
+# counterpart for: set away from its default, one says the user wants that runtime.
+TORCH_RUNTIME_OPTIONS = ("plan_memory", "planner", "cuda_graphs", "zero_copy_outputs",
+                         "host_inputs")
+
+
+def _torch_runtime_option_set(options) -> str | None:
+    defaults = {f.name: f.default for f in dataclasses.fields(CompileOptions)}
+    for name in TORCH_RUNTIME_OPTIONS:
+        value = getattr(options, name)
+        if value != defaults[name]:
+            return f"{name}={value!r} is an option of the torch runtime, which ONNX Runtime lacks"
+    return None
 
 
 def _onnxruntime_build(gm, options, example_inputs):
@@ -79,5 +188,6 @@ def _tensorrt_available(options):
     return unavailable(options.device)
 
 
-register(Backend("onnxruntime", _onnxruntime_build, _onnxruntime_available))
+register(Backend("onnxruntime", _onnxruntime_build, _onnxruntime_available,
+                 _torch_runtime_option_set))
 register(Backend("tensorrt", _tensorrt_build, _tensorrt_available))

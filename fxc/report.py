@@ -17,6 +17,7 @@ class CompileReport:
     records: list[PassRecord]
     backend_ms: float = 0.0
     total_ms: float = 0.0
+    backend_choice: str = ""  # under backend='auto': which backend, and why the others were not
     sections: list[tuple[str, list[str]]] = dataclasses.field(default_factory=list)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -27,6 +28,8 @@ class CompileReport:
         out = [f"fxc compile report  device={self.device}  precision={self.precision}  "
                f"backend={self.backend}",
                f"{'stage':<22}{'ms':>9}{'rewrites':>10}{'nodes':>8}  notes"]
+        if self.backend_choice:
+            out.insert(1, f"backend: {self.backend_choice}")
         out.append(f"{'capture':<22}{self.capture_ms:>9.1f}{'':>10}{self.captured_nodes:>8}")
         for r in self.records:
             if r.skipped:

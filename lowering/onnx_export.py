@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import operator
 import os
+import re
 from typing import Any
 
 import onnx
@@ -27,7 +28,7 @@ from fxc.errors import FxcOptionError, FxcUnsupportedOpError
 
 from . import batch as batch_rules
 from .builder import Builder, onnx_dtype, to_tensor_proto
-from .registry import Refuse, lookup
+from .registry import Refuse, lookup, supported_targets
 
 DEFAULT_OPSET = 17      # the first opset with LayerNormalization; TensorRT 10 parses 9..24
 OPSETS = range(17, 21)  # what our converters are written for (Reduce* axes move at 18)
@@ -49,6 +50,11 @@ class LoweredOnnx:
     def op_types(self) -> set[str]:
         return {n.op_type for n in self.model.graph.node}
 
+    def batch_inputs(self) -> list[bool]:
+        """Per input (placeholder order): its dim 0 is the symbolic batch of the model."""
+        return [bool(d and d[0].dim_param) for d in
+                (vi.type.tensor_type.shape.dim for vi in self.model.graph.input)]
+
 
 def to_onnx(gm: fx.GraphModule, *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = False,
             backend: str = "onnx", check: bool = True) -> LoweredOnnx:
@@ -59,6 +65,9 @@ def to_onnx(gm: fx.GraphModule, *, opset: int = DEFAULT_OPSET, dynamic_batch: bo
     b = Builder(opset)
     refusals: dict[fx.Node, str] = {}
     if dynamic_batch:
+        # fxc's fused ops register their batch rules as their converters load: load them
+        # first, or the first lowering of a process would refuse every fused op.
+        supported_targets()
         b.batch, found = batch_rules.analyze(gm)
         refusals.update({n: f"dynamic_batch: {why}" for n, why in found})
     inputs, initializers_seen = [], {}
@@ -94,7 +103,7 @@ def to_onnx(gm: fx.GraphModule, *, opset: int = DEFAULT_OPSET, dynamic_batch: bo
     # The IR the opset shipped with, not onnx's newest: the widest set of runtimes loads it.
     model.ir_version = helper.find_min_ir_version_for([helper.make_opsetid("", opset)])
     if check:
-        check_model(model)
+        _check_or_refuse(model, backend)
     first = next((n for n in gm.graph.nodes if n.op == "placeholder"), None)
     captured = int(first.meta["val"].shape[0]) if first is not None and first.meta["val"].dim() else None
     return LoweredOnnx(model, [i.name for i in inputs], names, slots, batch_outs, dynamic_batch,
@@ -198,6 +207,25 @@ def _outputs(b: Builder, out_node: fx.Node, inputs, dynamic_batch: bool):
 
 
 # -- checking and saving ------------------------------------------------------------------------
+
+_CHECK_NODE = re.compile(r"\(op_type:(\w+), node name: ([^)]*)\): (.*)")
+
+
+def _check_or_refuse(model: onnx.ModelProto, backend: str) -> None:
+    """check_model; a node whose input types ONNX's own schema does not allow (a bf16 Conv:
+    ONNX types Conv for float, double and half only) is an unsupported op of this backend,
+    named with its node and source line like any other, not a checker traceback."""
+    try:
+        check_model(model)
+    except onnx.shape_inference.InferenceError as e:
+        m = _CHECK_NODE.search(str(e))
+        if m is None:
+            raise
+        op, name, why = m.groups()
+        doc = next((n.doc_string for n in model.graph.node if n.name == name), None)
+        raise FxcUnsupportedOpError(backend, [(f"ONNX {op} ({why.strip()})", name, doc or None)],
+                                    len(model.graph.node)) from None
+
 
 def check_model(model: onnx.ModelProto, path: str | None = None) -> None:
     """onnx.checker with full_check (strict shape and type inference); by path over 2 GB."""

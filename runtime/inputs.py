@@ -2,9 +2,13 @@
 
 Invariant: `flatten` returns the tensor leaves in graph-placeholder order, or raises
 FxcInputError (naming the input, the axis, what was expected and what came) before any
-kernel runs.
+kernel runs. Shapes must match the compile shapes exactly, except, when the engine runs a
+dynamic batch (`DynamicBatch`), dim 0 of the inputs the lowered model made symbolic: that
+may be any size in the engine's range, the same for all of them.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import torch.utils._pytree as pytree
@@ -13,11 +17,27 @@ from fxc.capture import CallLayout, InputSpec
 from fxc.errors import FxcInputError
 
 
+@dataclasses.dataclass(frozen=True)
+class DynamicBatch:
+    """What an engine built for a dynamic batch takes: dim 0 of the tensor inputs marked in
+    `inputs` (placeholder order) is one batch size in low..high (high None: no bound)."""
+
+    inputs: tuple[bool, ...]
+    low: int = 1
+    high: int | None = None
+
+    def describe(self) -> str:
+        return f"{self.low}..{self.high}" if self.high is not None else f">= {self.low}"
+
+
 class InputChecker:
     def __init__(self, specs: list[InputSpec], in_spec: pytree.TreeSpec,
-                 layout: CallLayout | None = None):
-        self.specs, self.in_spec, self.layout = specs, in_spec, layout
+                 layout: CallLayout | None = None, batch: DynamicBatch | None = None):
+        self.specs, self.in_spec, self.layout, self.batch = specs, in_spec, layout, batch
         self.tensor_specs = [s for s in specs if s.is_tensor]
+        # Per spec: dim 0 is the engine's dynamic batch (a rank-0 input has no dim 0 to free).
+        marks = iter(batch.inputs if batch is not None else ())
+        self.batched = [s.is_tensor and next(marks, False) and len(s.shape) > 0 for s in specs]
         # Fast path: forward(t0, t1, ...) with tensors only, no kwargs, no nesting.
         self.flat_positional = all(s.is_tensor for s in specs) and in_spec == pytree.tree_flatten(
             (tuple(range(len(specs))), {}))[1]
@@ -36,10 +56,13 @@ class InputChecker:
                     leaves, spec = pytree.tree_flatten(canon)
             if spec != self.in_spec:
                 raise FxcInputError(self._structure_message(leaves, spec))
-        tensors = []
-        for spec, leaf in zip(self.specs, leaves):
+        tensors, first = [], None  # first: (name, size) of the first batched input
+        for spec, leaf, batched in zip(self.specs, leaves, self.batched):
             if spec.is_tensor:
-                _check_tensor(spec, leaf)
+                _check_tensor(spec, leaf, self.batch if batched else None)
+                if batched:
+                    first = first or (spec.name, leaf.shape[0])
+                    _check_same_batch(spec, leaf, first)
                 tensors.append(leaf)
             elif leaf != spec.value:
                 raise FxcInputError(f"input '{spec.name}': compiled for the constant "
@@ -59,18 +82,47 @@ class InputChecker:
                 f"{self.in_spec}, got {spec}")
 
 
-def _check_tensor(spec: InputSpec, x) -> None:
+def _check_tensor(spec: InputSpec, x, batch: DynamicBatch | None = None) -> None:
+    """`batch`: set when dim 0 of this input is the engine's dynamic batch."""
     if not isinstance(x, torch.Tensor):
         raise FxcInputError(f"input '{spec.name}': expected a tensor, got {type(x).__name__}")
     if x.dtype != spec.dtype:
         raise FxcInputError(f"input '{spec.name}': expected dtype {spec.dtype}, got {x.dtype}")
+    shown = _shape_text(spec.shape, batch is not None)
     if x.dim() != len(spec.shape):
         raise FxcInputError(f"input '{spec.name}': expected rank {len(spec.shape)} "
-                            f"(shape {tuple(spec.shape)}), got rank {x.dim()} (shape {tuple(x.shape)})")
-    if x.shape != spec.shape:
-        axis = next(i for i, (a, b) in enumerate(zip(x.shape, spec.shape)) if a != b)
-        raise FxcInputError(f"input '{spec.name}': axis {axis} expected size {spec.shape[axis]}, "
-                            f"got {x.shape[axis]} (expected shape {tuple(spec.shape)}, got "
+                            f"(shape {shown}), got rank {x.dim()} (shape {tuple(x.shape)})")
+    expected = tuple(spec.shape)
+    if batch is not None:
+        _check_batch_size(spec, x, batch)
+        expected = (x.shape[0],) + expected[1:]  # dim 0 is free; the rest must match
+    if tuple(x.shape) != expected:
+        axis = next(i for i, (a, b) in enumerate(zip(x.shape, expected)) if a != b)
+        raise FxcInputError(f"input '{spec.name}': axis {axis} expected size {expected[axis]}, "
+                            f"got {x.shape[axis]} (expected shape {shown}, got "
                             f"{tuple(x.shape)})")
     if x.device != spec.device:
         raise FxcInputError(f"input '{spec.name}': expected device {spec.device}, got {x.device}")
+
+
+def _check_batch_size(spec: InputSpec, x: torch.Tensor, batch: DynamicBatch) -> None:
+    n = x.shape[0]
+    if n < batch.low or (batch.high is not None and n > batch.high):
+        raise FxcInputError(f"input '{spec.name}': axis 0 is the dynamic batch, expected a size "
+                            f"{batch.describe()}, got {n} (shape {tuple(x.shape)})")
+
+
+def _check_same_batch(spec: InputSpec, x: torch.Tensor, first: tuple[str, int]) -> None:
+    """The lowered model has one batch dim: every batched input must agree on it."""
+    name, n = first
+    if x.shape[0] != n:
+        raise FxcInputError(f"input '{spec.name}': axis 0 is the dynamic batch, expected size "
+                            f"{n} (the batch of input '{name}'), got {x.shape[0]}")
+
+
+def _shape_text(shape, batched: bool) -> str:
+    """The expected shape as the user should read it: dim 0 shown as 'batch' when free."""
+    dims = [str(d) for d in shape]
+    if batched and dims:
+        dims[0] = "batch"
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"

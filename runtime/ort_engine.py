@@ -9,7 +9,9 @@ where this onnxruntime has one.
 
 Invariant: `run(inputs)` returns torch tensors in the graph's flat output order, on the
 compile device, with the graph's dtypes and shapes (dim 0 following the inputs' under
-dynamic batch).
+dynamic batch). Under dynamic batch `batch` (a runtime.inputs.DynamicBatch) says which
+inputs' dim 0 is free, so the input checker lets any batch size >= 1 through; the output
+shapes are worked out once per batch size and cached.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 from fxc.errors import FxcBackendUnavailableError, FxcRuntimeError, FxcUnsupportedOpError
+from fxc.runtime.inputs import DynamicBatch
 
 NUMPY_DTYPES = {
     torch.float32: np.float32, torch.float16: np.float16, torch.float64: np.float64,
@@ -91,6 +94,9 @@ class OrtEngine:
         self._outputs = _output_specs(lowered)
         self._empty_output = any(0 in (shape[1:] if is_batch else shape)
                                  for _, shape, is_batch in self._outputs)
+        self.batch = (DynamicBatch(tuple(lowered.batch_inputs()))
+                      if lowered.dynamic_batch else None)
+        self._shapes: dict[int | None, list[tuple[int, ...]]] = {}  # batch size -> output shapes
 
     def run(self, inputs: list[torch.Tensor]) -> list:
         low = self.lowered
@@ -104,9 +110,10 @@ class OrtEngine:
             binding.bind_input(name, dev, idx, NUMPY_DTYPES[x.dtype], tuple(x.shape), x.data_ptr())
         batch = inputs[0].shape[0] if low.dynamic_batch and inputs else None
         outs = []
-        for name, (dtype, shape, is_batch) in zip(low.output_names, self._outputs):
-            if is_batch:
-                shape = (batch,) + tuple(shape[1:])
+        # Fresh outputs every call (a returned tensor is never overwritten later), in the
+        # shapes of this call's batch size.
+        for name, (dtype, _, _), shape in zip(low.output_names, self._outputs,
+                                              self._output_shapes(batch)):
             y = torch.empty(shape, dtype=dtype, device=self.device)
             binding.bind_output(name, dev, idx, NUMPY_DTYPES[dtype], tuple(y.shape), y.data_ptr())
             outs.append(y)
@@ -115,6 +122,15 @@ class OrtEngine:
         except Exception as e:
             raise FxcRuntimeError(f"onnxruntime failed: {type(e).__name__}: {e}") from e
         return _assemble(low, outs)
+
+    def _output_shapes(self, batch: int | None) -> list[tuple[int, ...]]:
+        """The outputs' shapes for this batch size (None: static), worked out once per size."""
+        shapes = self._shapes.get(batch)
+        if shapes is None:
+            shapes = [(batch,) + tuple(shape[1:]) if is_batch else tuple(shape)
+                      for _, shape, is_batch in self._outputs]
+            self._shapes[batch] = shapes
+        return shapes
 
     def _run_copying(self, inputs):
         feeds = {n: x.detach().cpu().numpy() for n, x in zip(self.lowered.input_names, inputs)}

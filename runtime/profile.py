@@ -20,6 +20,7 @@ import time
 import torch
 
 from fxc import ir
+from fxc.errors import FxcOptionError
 
 
 @dataclasses.dataclass
@@ -122,8 +123,10 @@ def profile(compiled, args: tuple, kwargs: dict, *, iters: int = 100, warmup: in
             step_iters: int = 10, top: int = 15) -> Profile:
     """Time `compiled` (a torch-backend CompiledModule) on these inputs; see module doc."""
     engine = compiled.engine
-    if not hasattr(engine, "run_steps"):
-        raise TypeError(f"profile() needs the torch backend, this module runs on {engine.name}")
+    if not hasattr(engine, "run_steps"):  # other runtimes have no step list of ours to time
+        raise FxcOptionError(
+            f"profile() times the torch backend's steps; this module runs on {engine.name} "
+            f"(backend={compiled.options.backend!r}): compile with backend='torch' to profile it")
     cuda = compiled.options.device.type == "cuda"
     flat = compiled.checker.flatten(args, kwargs)
     with torch.no_grad():

@@ -60,6 +60,7 @@ class TrtEngine:
             self.context = self.engine.create_execution_context()
             self.stream = torch.cuda.Stream(device)
             self.graph = None
+            self.batch = _dynamic_batch(self.engine, lowered) if lowered.dynamic_batch else None
             if not lowered.dynamic_batch:
                 self._plan_static()
 
@@ -122,6 +123,18 @@ class TrtEngine:
             outs.append(y)
         self._execute(torch.cuda.current_stream(self.device))
         return _assemble(low, outs)
+
+
+def _dynamic_batch(engine, lowered):
+    """The batch range of the engine's one optimization profile (lowering/tensorrt.py
+    profile_shapes), so the input checker refuses a size TensorRT would fail on, by name."""
+    from fxc.runtime.inputs import DynamicBatch
+    marks = tuple(lowered.batch_inputs())
+    name = next((n for n, m in zip(lowered.input_names, marks) if m), None)
+    if name is None:
+        return None
+    low, _, high = engine.get_tensor_profile_shape(name, 0)
+    return DynamicBatch(marks, int(low[0]), int(high[0]))
 
 
 def _torch_dtype(trt_dtype) -> torch.dtype:

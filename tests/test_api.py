@@ -32,7 +32,8 @@ def test_compile_defaults(model_and_input):
     assert isinstance(c.graph, torch.fx.GraphModule)
     text = c.report()
     assert "capture" in text and "dce" in text and "total" in text
-    assert "backend=torch" in text
+    assert "backend=onnxruntime" in text  # auto on CPU: ONNX Runtime first (fxc/backends.py)
+    assert "backend: onnxruntime (auto" in text
 
 
 @pytest.mark.parametrize("kw, match", [

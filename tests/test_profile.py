@@ -19,7 +19,7 @@ class Heavy(torch.nn.Module):
 
 def test_profile_ranks_steps_and_reports_latency(capsys):
     x = torch.randn(256, 256)
-    compiled = fxc.compile(Heavy().eval(), (x,))
+    compiled = fxc.compile(Heavy().eval(), (x,), backend="torch")  # profiles its step list
     prof = compiled.profile(x, iters=30)
     printed = capsys.readouterr().out
     engine = compiled.engine
@@ -41,7 +41,7 @@ def test_profile_ranks_steps_and_reports_latency(capsys):
 
 def test_quiet_profile_prints_nothing(capsys):
     x = torch.randn(4, 8)
-    compiled = fxc.compile(torch.nn.Linear(8, 8).eval(), (x,))
+    compiled = fxc.compile(torch.nn.Linear(8, 8).eval(), (x,), backend="torch")
     prof = compiled.profile(x, iters=3, quiet=True)
     assert capsys.readouterr().out == "" and len(prof.latencies_ms) == 3
 

@@ -146,7 +146,7 @@ def test_compiled_module_exposes_the_plan_and_reports_it():
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 16),
                                 torch.nn.Tanh(), torch.nn.Linear(16, 4)).eval()
     x = torch.randn(3, 8)
-    compiled = fxc.compile(model, (x,))
+    compiled = fxc.compile(model, (x,), backend="torch")  # the plan is the torch runtime's
     plan = compiled.memory_plan
     plan.verify()
     assert plan.tensors and plan.arena_bytes <= plan.no_reuse_bytes
@@ -155,10 +155,10 @@ def test_compiled_module_exposes_the_plan_and_reports_it():
     assert "not planned" in report and "graph output" in report
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x))
-    off = fxc.compile(model, (x,), plan_memory=False)
+    off = fxc.compile(model, (x,), backend="torch", plan_memory=False)
     assert off.memory_plan is None and all_bitwise(off(x), compiled(x))
     assert "Memory plan" not in off.report()
-    by_breadth = fxc.compile(model, (x,), planner="breadth")
+    by_breadth = fxc.compile(model, (x,), backend="torch", planner="breadth")
     assert by_breadth.memory_plan.strategy == "breadth"
     assert list(by_breadth.memory_plan.strategy_bytes) == ["breadth"]
     with pytest.raises(fxc.FxcOptionError, match="planner"):
