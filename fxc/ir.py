@@ -189,3 +189,46 @@ def new_call(graph: fx.Graph, target, args: tuple, kwargs: dict | None = None, *
         node.meta["stack_trace"] = like.meta["stack_trace"]
     infer_node_meta(node)
     return node
+
+
+# -- constants (get_attr buffers) that passes add and drop --------------------------------------
+
+def fetch_attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
+    """The tensor a get_attr target names (dotted paths into submodules included)."""
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def add_constant(gm: fx.GraphModule, tensor: torch.Tensor, base: str, *,
+                 after: fx.Node, like: fx.Node | None = None) -> fx.Node:
+    """Register `tensor` as a non-persistent buffer under a fresh name from `base` and insert
+    a get_attr for it after `after`, with a true meta["val"] (and `like`'s other meta)."""
+    name, i = base.replace(".", "_"), 1
+    while hasattr(gm, name):
+        name, i = f"{base.replace('.', '_')}_{i}", i + 1
+    gm.register_buffer(name, tensor, persistent=False)
+    with gm.graph.inserting_after(after):
+        node = gm.graph.get_attr(name)
+    if like is not None:
+        node.meta.update({k: v for k, v in like.meta.items() if k != "val"})
+    node.meta["val"] = FakeTensorMode(allow_non_fake_inputs=True).from_tensor(tensor)
+    return node
+
+
+def drop_unused_constants(gm: fx.GraphModule) -> int:
+    """Erase get_attr nodes nothing reads and delete their tensors when no node names them."""
+    dropped = 0
+    for node in list(gm.graph.nodes):
+        if node.op == "get_attr" and not node.users:
+            target = node.target
+            gm.graph.erase_node(node)
+            if not any(m.op == "get_attr" and m.target == target for m in gm.graph.nodes):
+                *path, last = target.split(".")
+                owner: Any = gm
+                for part in path:
+                    owner = getattr(owner, part)
+                delattr(owner, last)
+                dropped += 1
+    return dropped
