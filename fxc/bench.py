@@ -147,7 +147,11 @@ def available_backends(device: torch.device, precision: str) -> list[str]:
 def bench_one(name: str, size: str, batch: int, device: torch.device, precision: str,
               iters: int, with_torch_compile: bool, backends_: list[str],
               progress: Callable[[str], None] = lambda s: None,
-              tc_modes=("default", "reduce-overhead")) -> list[Row]:
+              tc_modes=("default", "reduce-overhead"), rounds: int | None = None) -> list[Row]:
+    """One row per runner. On GPU each runner is built, timed and freed in turn (its peak
+    memory is its own). On CPU all runners are built first and timed in `rounds` interleaved
+    rounds (default 5) of iters/rounds calls each, so the load of a shared machine drifting
+    during the run falls on every runner alike rather than on whichever ran then."""
     from .models import get
     model, example = get(name, size=size, batch=batch, seed=0)
     example = tuple(x.to(device) for x in example)
@@ -155,41 +159,90 @@ def bench_one(name: str, size: str, batch: int, device: torch.device, precision:
             for s in (0, 1, 2)]
     with torch.no_grad():
         refs = [model.to(device)(*s) for s in sets]
+    plan = runners(device, precision, with_torch_compile, backends_, tc_modes)
     rows = []
-    for rname, build in runners(device, precision, with_torch_compile, backends_, tc_modes):
-        progress(f"{name} b{batch}: {rname}")
-        rows.append(_measure(name, batch, rname, build, model, example, sets, refs, device, iters))
+    if device.type == "cuda":
+        for rname, build in plan:
+            progress(f"{name} b{batch}: {rname}")
+            row, fn = _build(name, batch, rname, build, model, example, sets, refs, device)
+            if fn is not None:
+                _time(row, [fn], sets, device, iters, 1)
+            rows.append(row)
+            del fn
+            torch.cuda.empty_cache()
+    else:
+        built = []
+        for rname, build in plan:
+            progress(f"{name} b{batch}: building {rname}")
+            built.append(_build(name, batch, rname, build, model, example, sets, refs, device))
+        progress(f"{name} b{batch}: timing {len(built)} runners interleaved")
+        _time_interleaved(built, sets, device, iters, rounds or 5)
+        rows = [row for row, _ in built]
     model.cpu()
     return rows
 
 
-def _measure(name, batch, rname, build, model, example, sets, refs, device, iters) -> Row:
+def _build(name, batch, rname, build, model, example, sets, refs, device):
+    """(row with compile time and error filled, fn) or (row with the failure, None)."""
     row = Row(name, batch, rname)
     try:
         _sync(device)
         t0 = time.perf_counter()
         fn = build(model, example)
         with torch.no_grad():
-            out = fn(*example)
+            fn(*example)
         _sync(device)
         row.compile_s = time.perf_counter() - t0
         with torch.no_grad():
             row.max_abs_err, row.rel_err = timing.max_error(fn(*sets[1]), refs[1])
+        return row, fn
+    except Exception as e:  # a peer that cannot run this model is a row, not a crash
+        _fail(row, e)
+        return row, None
+
+
+def _fail(row: Row, e: Exception) -> None:
+    row.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+
+
+def _time(row: Row, fns: list, sets, device, iters: int, rounds: int) -> None:
+    try:
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
-        t = timing.measure(fn, sets, device=device, warmup=10, iters=iters)
+        t = timing.measure(fns[0], sets, device=device, warmup=10, iters=iters)
         if device.type == "cuda":
             row.peak_mem_mb = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-        row.median_ms, row.p90_ms, row.p99_ms = t.median_ms, t.p90_ms, t.p99_ms
-        row.throughput = batch / (t.median_ms / 1e3)
-        del fn, out
-    except Exception as e:  # a peer that cannot run this model is a row, not a crash
-        row.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return row
+        _fill(row, t.samples)
+    except Exception as e:
+        _fail(row, e)
+
+
+def _time_interleaved(built: list, sets, device, iters: int, rounds: int) -> None:
+    samples: dict[int, list[float]] = {i: [] for i, (_, fn) in enumerate(built) if fn is not None}
+    per_round = max(1, iters // rounds)
+    for r in range(rounds):
+        for i in samples:
+            row, fn = built[i]
+            if row.error:
+                continue
+            try:
+                t = timing.measure(fn, sets, device=device, warmup=10 if r == 0 else 2,
+                                   iters=per_round)
+                samples[i] += t.samples
+            except Exception as e:
+                _fail(row, e)
+    for i, xs in samples.items():
+        if xs and not built[i][0].error:
+            _fill(built[i][0], xs)
+
+
+def _fill(row: Row, samples: list[float]) -> None:
+    import statistics
+    row.median_ms = statistics.median(samples)
+    row.p90_ms, row.p99_ms = timing._pct(samples, 0.9), timing._pct(samples, 0.99)
+    row.throughput = row.batch / (row.median_ms / 1e3)
 
 
 def _sync(device):
@@ -239,7 +292,7 @@ def ratios(rows: list[Row]) -> list[str]:
 
 
 FUSION = ("fuse_bn", "fuse_conv", "fuse_linear", "fuse_attention", "merge_parallel_linear",
-          "recognize_norm_act")
+          "recognize_norm_act", "fuse_add_norm")
 
 
 def ablation_sets(spec: str) -> list[tuple[str, ...]]:

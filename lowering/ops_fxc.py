@@ -80,6 +80,19 @@ def _register():
                 y = b.op("Add", [y, bv])
         return activation(b, y, act, (), dt)
 
+    @converter(fxc_ops.add_layer_norm.default)
+    def add_layer_norm(b: Builder, node):
+        """fxc::add_layer_norm(Tensor x, Tensor residual, int[] normalized_shape, Tensor? weight, Tensor? bias, float eps) -> (Tensor, Tensor)"""
+        x, residual, shape, w, bias, eps = node.args
+        dt = out_meta(node)[0].dtype
+        n = len(shape)
+        if n == 0 or n > rank_of(x):
+            return Refuse("layer norm over no dims")
+        s = b.op("Add", [b.tensor(x, dt), b.tensor(residual, dt)])
+        scale = b.tensor(w, dt) if w is not None else b.const(torch.ones(tuple(shape), dtype=dt))
+        inputs = [s, scale] + ([b.tensor(bias, dt)] if bias is not None else [])
+        return [s, b.op("LayerNormalization", inputs, axis=-n, epsilon=float(eps))]
+
     for op in (fxc_ops.conv2d_act.default, fxc_ops.linear_act.default):
         batch_rules.register(op, batch_rules.first_arg)
     batch_rules.register(fxc_ops.conv2d_add_act.default, _conv_add_batch)

@@ -13,7 +13,7 @@ from . import dce
 from . import cse, fold_constants, noops
 from . import fuse_bn, fuse_conv, fuse_linear
 from . import fuse_attention, merge_parallel_linear, recognize_norm_act
-from . import align_gemm, cast_precision, layout
+from . import align_gemm, cast_precision, fuse_add_norm, layout
 from .manager import Pass
 
 PIPELINE: list[Pass] = [
@@ -31,6 +31,8 @@ PIPELINE: list[Pass] = [
          when=lambda o: o.precision != "fp32"),
     Pass("align_gemm", align_gemm.run, numerics="lowp",  # pad half GEMMs' N to x8 for tensor cores (gpt2's LM head)
          when=lambda o: o.device.type == "cuda" and o.precision != "fp32"),
+    Pass("fuse_add_norm", fuse_add_norm.run, numerics="lowp",  # residual add + layer norm -> one kernel (CUDA, torch runtime)
+         when=lambda o: o.device.type == "cuda"),
     Pass("layout", layout.run, numerics="lowp",  # channels-last convs where measured faster (layout.py: why lowp)
          when=lambda o: o.device.type == "cuda"),
 ]

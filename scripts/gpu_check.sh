@@ -2,7 +2,7 @@
 # On the GPU machine (no package registry): install fxc without deps, run the GPU tests, the
 # demo at base size, the library-models capture check, then the FP16 benchmark against the
 # peers. Each step has its own time limit; logs go to stdout and $OUT/*.log.
-#   bash scripts/gpu_check.sh [tests|demo|library|bench]...   (default: all four)
+#   bash scripts/gpu_check.sh [tests|demo|library|bench|nodes|ablate]...   (default: tests demo library bench)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/fxc_gpu}; mkdir -p "$OUT"
@@ -16,8 +16,17 @@ for step in $steps; do
     tests)   timeout 200 python3 -m pytest -m gpu -q -p no:cacheprovider -n 4 2>&1 | tee "$OUT/gpu_tests.log" | tail -25 ;;
     demo)    timeout 150 python3 -m fxc demo --size base --iters 50 2>&1 | tee "$OUT/demo_fp32.log" ;;
     library) timeout 120 python3 scripts/library_models.py 2>&1 | tee "$OUT/library_models.log" ;;
-    bench)   timeout ${BENCH_S:-300} python3 -m fxc bench --model ${BENCH_MODELS:-resnet50,bert} \
-               --batch ${BENCH_BATCH:-1} --precision fp16 --torch-compile --tc-modes ${TC_MODES:-default,reduce-overhead} --backends torch \
-               --iters 100 --out "$OUT" 2>&1 | tee "$OUT/bench.log" ;;
+    bench)   # the README's H100 tables: CNNs, then transformers (each model in its own process)
+             timeout ${BENCH_S:-330} python3 -m fxc bench --model ${BENCH_CNN:-resnet50@1+32,mobilenet_v2@1,resnet18@1,mlp@1} \
+               --precision fp16 --torch-compile --tc-modes ${TC_MODES:-default,reduce-overhead} \
+               --backends torch --isolate --iters 200 --out "$OUT" --tag h100_fp16_cnn 2>&1 | tee "$OUT/bench_cnn.log"
+             timeout ${BENCH_S:-330} python3 -m fxc bench --model ${BENCH_TF:-bert@1+8,gpt2@1,vit@1} \
+               --precision fp16 --torch-compile --tc-modes ${TC_MODES:-default,reduce-overhead} \
+               --backends torch --isolate --iters 200 --out "$OUT" --tag h100_fp16_transformers 2>&1 | tee "$OUT/bench_tf.log" ;;
+    nodes)   timeout 90 python3 scripts/node_counts.py --device cuda --precision fp16 --size base \
+               --out "$OUT/h100_node_counts_fp16.md" ;;
+    ablate)  timeout 300 python3 -m fxc bench --model resnet50@1,bert@1 --precision fp16 --backends torch \
+               --iters 200 --ablate fusion,cast_precision,fuse_attention+merge_parallel_linear,fuse_conv,fuse_add_norm,layout \
+               --out "$OUT" --tag h100_fp16_ablation 2>&1 | tee "$OUT/ablation.log" ;;
   esac
 done

@@ -33,6 +33,25 @@ def test_bench_cli_writes_json_and_table(tmp_path, capsys):
 def test_failed_runner_is_a_row_not_a_crash():
     def broken(model, example):
         raise RuntimeError("no such kernel")
-    row = bench._measure("mlp", 1, "broken", broken, None, (), [()], [None],
-                         torch.device("cpu"), 3)
-    assert row.error.startswith("RuntimeError: no such kernel")
+    row, fn = bench._build("mlp", 1, "broken", broken, None, (), [()], [None],
+                           torch.device("cpu"))
+    assert fn is None and row.error.startswith("RuntimeError: no such kernel")
+
+
+def test_cpu_runners_are_timed_in_interleaved_rounds(monkeypatch):
+    """Every runner gets samples from every round (so drifting load falls on all alike)."""
+    order = []
+    calls = {"a": 0, "b": 0}
+
+    def runner(tag):
+        def fn(*xs):
+            calls[tag] += 1
+            order.append(tag)
+        return fn
+    built = [(bench.Row("m", 1, "a"), runner("a")), (bench.Row("m", 1, "b"), runner("b")),
+             (bench.Row("m", 1, "dead", error="x"), None)]
+    bench._time_interleaved(built, [()], torch.device("cpu"), iters=10, rounds=5)
+    assert built[0][0].median_ms is not None and built[1][0].median_ms is not None
+    assert built[2][0].median_ms is None
+    switches = sum(1 for x, y in zip(order, order[1:]) if x != y)
+    assert switches >= 9  # a..b..a..b.. five rounds, not all a then all b

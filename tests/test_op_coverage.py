@@ -438,7 +438,13 @@ def _rows() -> dict[Any, list[Case]]:
         Case(fx_ops.conv2d_act.default, (t(1, 3, 6, 6), t(4, 3, 3, 3), t(4), [1, 1], [1, 1], [1, 1], 1,
                                          act, args), label=act)
         for act, args in (("relu", []), ("hardtanh", [0.0, 6.0]), ("silu", []), ("gelu", []),
-                          ("gelu_tanh", []), ("sigmoid", []), ("hardswish", []))]
+                          ("gelu_tanh", []), ("sigmoid", []), ("hardswish", []))] + [
+        Case(fx_ops.conv2d_act.default, (t(2, 3, 5, 5), t(4, 3, 1, 1), t(4), [1, 1], [0, 0], [1, 1], 1,
+                                         "identity", []), label="identity_1x1")]
+    r[fx_ops.add_layer_norm.default] = [
+        Case(fx_ops.add_layer_norm.default, (t(2, 5, 8), t(2, 5, 8), [8], t(8), t(8), 1e-5)),
+        Case(fx_ops.add_layer_norm.default, (t(3, 7), t(3, 7), [7], None, None, 1e-6),
+             label="no_affine")]
     r[fx_ops.conv2d_add_act.default] = [
         Case(fx_ops.conv2d_add_act.default, (t(1, 3, 6, 6), t(4, 3, 3, 3), None, t(1, 4, 3, 3),
                                              [2, 2], [1, 1], [1, 1], 1, "relu", []))]

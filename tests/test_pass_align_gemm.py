@@ -141,7 +141,7 @@ def plant_odd_linear(b, draw):
                  bias=draw(st.booleans()), module=True)
 
 
-@settings(max_examples=max(1, settings.default.max_examples // 16),
+@settings(max_examples=settings.default.max_examples,  # the ci profile: 200
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(graphs(max_ops=5, plant=[plant_odd_linear]))
 def test_generated_graphs(g):

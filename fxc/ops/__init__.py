@@ -10,4 +10,4 @@ Every fused op a pass emits lives here, so the graph stays runnable after every 
 - an ONNX converter in fxc.lowering.
 One module per op family; importing this package registers them all.
 """
-from . import conv, linear  # noqa: F401  (registers fxc::conv2d_act, conv2d_add_act, linear_act)
+from . import conv, linear, norm  # noqa: F401  (fxc::conv2d_act, conv2d_add_act, linear_act, add_layer_norm)

@@ -10,7 +10,7 @@ What a drawn graph guarantees is in strategies.py; the op table is ops.OPS; plan
 target patterns (planters.py); settings.py holds the hypothesis profiles and tolerances.
 """
 from .ops import ALL, FLOATS, INTS, OPS, OpRejected, OpSpec
-from .planters import plant_conv_bn, plant_linear_relu
+from .planters import plant_add_layer_norm, plant_conv_bn, plant_linear_relu
 from .program import Builder, Instr, Program, Value
 from .settings import register_profiles, tolerances
 from .shape import factorizations, shapes, shapes_broadcast_compatible, shapes_broadcastable_to
@@ -22,7 +22,7 @@ register_profiles()
 __all__ = [
     "ALL", "ALL_DTYPES", "FLOATS", "FLOAT_DTYPES", "INTS", "INT_DTYPES",          # dtypes
     "graphs", "chains", "GeneratedGraph", "GraphConfig", "graph_config", "build_graph",
-    "plant_conv_bn", "plant_linear_relu",                                         # planters
+    "plant_add_layer_norm", "plant_conv_bn", "plant_linear_relu",                 # planters
     "shapes", "shapes_broadcastable_to", "shapes_broadcast_compatible", "factorizations",
     "OPS", "OpSpec", "OpRejected", "Builder", "Program", "Instr", "Value",        # internals
     "register_profiles", "tolerances", "single_thread",

@@ -35,3 +35,11 @@ def plant_conv_bn(b, draw):
               kernel_size=draw(st.integers(1, max(1, min(3, h + 2 * padding, w + 2 * padding)))),
               stride=1, padding=padding, groups=1, bias=draw(st.booleans()), module=module)
     return b.add("batch_norm", y, affine=True, module=module)
+
+
+def plant_add_layer_norm(b, draw):
+    """x + f(x) (a same-shape residual add) -> layer_norm over the last dim, affine."""
+    x = b.pick_value(draw, dtypes=FLOATS, min_rank=1)
+    r = b.add(draw(st.sampled_from(["relu", "tanh"])), x)
+    s = b.add("add", *((x, r) if draw(st.booleans()) else (r, x)))
+    return b.add("layer_norm", s, k=1, affine=True, module=draw(st.booleans()))
