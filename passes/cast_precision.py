@@ -488,7 +488,7 @@ class _Rewriter:
         return self.versions[key]
 
     def _constant(self, v: fx.Node, dtype) -> fx.Node:
-        tensor = _fetch(self.gm, v.target).detach().to(dtype)
+        tensor = ir.fetch_attr(self.gm, v.target).detach().to(dtype)
         name = _fresh_name(self.gm, f"{v.target.replace('.', '_')}_{_short(dtype)}")
         self.gm.register_buffer(name, tensor, persistent=False)
         with self.graph.inserting_after(v):
@@ -606,11 +606,6 @@ def _short(dtype) -> str:
     return {torch.float16: "fp16", torch.bfloat16: "bf16", F32: "fp32"}[dtype]
 
 
-def _fetch(gm, target: str) -> torch.Tensor:
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _delete(gm, target: str) -> None:

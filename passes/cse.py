@@ -140,7 +140,7 @@ def _merge_identical_constants(gm: fx.GraphModule) -> int:
     for node in list(gm.graph.nodes):
         if node.op != "get_attr":
             continue
-        t = _fetch(gm, node.target)
+        t = ir.fetch_attr(gm, node.target)
         if not isinstance(t, torch.Tensor) or t.is_quantized or t.is_sparse:
             continue
         candidates = groups.setdefault(_signature(t), [])
@@ -164,11 +164,6 @@ def _signature(t: torch.Tensor) -> tuple:
     return (t.dtype, tuple(t.shape), t.stride(), t.device, head)
 
 
-def _fetch(gm: fx.GraphModule, target: str) -> Any:
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 # -- 3.: computations -----------------------------------------------------------------------------

@@ -108,7 +108,7 @@ def _convert_weights(cand: fx.GraphModule) -> int:
                    and n not in [u.args[i] for i in ops[0]] for u in n.users):
             continue  # read by something else (a view would break on NHWC strides)
         name = _fresh_name(cand, f"{n.target.replace('.', '_')}_cl")
-        weight = _fetch(cand, n.target).contiguous(memory_format=CL)
+        weight = ir.fetch_attr(cand, n.target).contiguous(memory_format=CL)
         cand.register_buffer(name, weight, persistent=False)
         n.target = name
         with FakeTensorMode(allow_non_fake_inputs=True):
@@ -174,7 +174,7 @@ def adopt(gm: fx.GraphModule, cand: fx.GraphModule) -> None:
     """Make `gm` the candidate: its graph, its channels_last constants; drop what is unused."""
     for n in cand.graph.nodes:
         if n.op == "get_attr" and not hasattr(gm, n.target):
-            gm.register_buffer(n.target, _fetch(cand, n.target), persistent=False)
+            gm.register_buffer(n.target, ir.fetch_attr(cand, n.target), persistent=False)
     gm.graph = cand.graph
     used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
     for name, _ in list(gm.named_buffers(recurse=False)):
@@ -259,11 +259,6 @@ def _dim(n: fx.Node) -> int:
     return v.dim() if isinstance(v, torch.Tensor) else -1
 
 
-def _fetch(gm, target: str) -> torch.Tensor:
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _fresh_name(gm, base: str) -> str:

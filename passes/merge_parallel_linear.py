@@ -27,7 +27,6 @@ after it, they are fxc::linear_act already and no aten.linear.
 from __future__ import annotations
 
 import collections
-import functools
 import operator
 
 import torch
@@ -181,14 +180,14 @@ def _views_fail(node: fx.Node, fake, name: str, depth: int) -> str | None:
 
 def apply(gm: fx.GraphModule, group: list[fx.Node], ctx: PassContext) -> int:
     g, first = gm.graph, group[0]
-    weights = [_fetch(gm, _arg(lin, 1, "weight").target) for lin in group]
+    weights = [ir.fetch_attr(gm, _arg(lin, 1, "weight").target) for lin in group]
     biases = [_arg(lin, 2, "bias") for lin in group]
     sizes = [int(w.shape[0]) for w in weights]
     with g.inserting_before(first):
         w = _constant(gm, torch.cat(weights, 0), _arg(first, 1, "weight").target + "_merged")
         b = None
         if biases[0] is not None:
-            b = _constant(gm, torch.cat([_fetch(gm, n.target) for n in biases], 0),
+            b = _constant(gm, torch.cat([ir.fetch_attr(gm, n.target) for n in biases], 0),
                           biases[0].target + "_merged")
         merged = ir.new_call(g, aten.linear.default, (first.args[0], w, b), like=first)
         parts = ir.new_call(g, aten.split_with_sizes.default, (merged, sizes, -1), like=first)
@@ -208,8 +207,6 @@ def _getitem(g: fx.Graph, parts: fx.Node, i: int, like: fx.Node) -> fx.Node:
     return node
 
 
-def _fetch(gm: fx.GraphModule, target: str) -> torch.Tensor:
-    return functools.reduce(getattr, target.split("."), gm)
 
 
 def _constant(gm: fx.GraphModule, value: torch.Tensor, base: str) -> fx.Node:
