@@ -49,6 +49,16 @@ def choose(options: CompileOptions) -> Backend:
     return next(b for b, why in _auto_candidates(options) if why is None)
 
 
+def engine_is_torch(options: CompileOptions) -> bool:
+    """Whether the compile is headed for fxc's torch runtime (the backend `choose` picks), for
+    passes whose rewrites only that runtime gains from. False where no backend can run: the
+    backend's own error comes later, from compile."""
+    try:
+        return choose(options).name == "torch"
+    except Exception:
+        return False
+
+
 def build(gm: fx.GraphModule, options: CompileOptions,
           example_inputs: list) -> tuple[Backend, object, list[str]]:
     """(backend, engine, notes): see the module docstring. Under auto, when no backend can

@@ -166,7 +166,7 @@ def bench_one(name: str, size: str, batch: int, device: torch.device, precision:
             progress(f"{name} b{batch}: {rname}")
             row, fn = _build(name, batch, rname, build, model, example, sets, refs, device)
             if fn is not None:
-                _time(row, [fn], sets, device, iters, 1)
+                _time(row, fn, sets, device, iters)
             rows.append(row)
             del fn
             torch.cuda.empty_cache()
@@ -205,16 +205,16 @@ def _fail(row: Row, e: Exception) -> None:
     row.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
 
 
-def _time(row: Row, fns: list, sets, device, iters: int, rounds: int) -> None:
+def _time(row: Row, fn, sets, device, iters: int) -> None:
     try:
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
-        t = timing.measure(fns[0], sets, device=device, warmup=10, iters=iters)
+        t = timing.measure(fn, sets, device=device, warmup=10, iters=iters)
         if device.type == "cuda":
             row.peak_mem_mb = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-        _fill(row, t.samples)
+        _fill(row, t)
     except Exception as e:
         _fail(row, e)
 
@@ -235,14 +235,12 @@ def _time_interleaved(built: list, sets, device, iters: int, rounds: int) -> Non
                 _fail(row, e)
     for i, xs in samples.items():
         if xs and not built[i][0].error:
-            _fill(built[i][0], xs)
+            _fill(built[i][0], timing.summary(xs))
 
 
-def _fill(row: Row, samples: list[float]) -> None:
-    import statistics
-    row.median_ms = statistics.median(samples)
-    row.p90_ms, row.p99_ms = timing._pct(samples, 0.9), timing._pct(samples, 0.99)
-    row.throughput = row.batch / (row.median_ms / 1e3)
+def _fill(row: Row, t: timing.Timing) -> None:
+    row.median_ms, row.p90_ms, row.p99_ms = t.median_ms, t.p90_ms, t.p99_ms
+    row.throughput = row.batch / (t.median_ms / 1e3)
 
 
 def _sync(device):

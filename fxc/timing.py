@@ -48,6 +48,11 @@ def measure(fn: Callable, input_sets: Sequence[tuple], *, device: torch.device,
                 t0 = time.perf_counter()
                 fn(*input_sets[i % n])
                 samples.append((time.perf_counter() - t0) * 1e3)
+    return summary(samples)
+
+
+def summary(samples: list[float]) -> Timing:
+    """Median, p90 and p99 of per-call milliseconds."""
     return Timing(statistics.median(samples), _pct(samples, 0.9), _pct(samples, 0.99), samples)
 
 

@@ -137,13 +137,8 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
 
 def _norms_in_half(opts) -> bool:
     """norms_in_half, or (None) whether the engine will be fxc's torch runtime."""
-    if opts.norms_in_half is not None:
-        return opts.norms_in_half
-    from fxc import backends
-    try:
-        return backends.choose(opts).name == "torch"
-    except Exception:  # the backend's own error comes later, from compile
-        return False
+    from fxc.backends import engine_is_torch
+    return opts.norms_in_half if opts.norms_in_half is not None else engine_is_torch(opts)
 
 
 def tanh_gelu_epilogues(gm: fx.GraphModule, low: torch.dtype) -> int:

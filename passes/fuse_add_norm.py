@@ -26,6 +26,7 @@ import fxc.ops  # noqa: F401  (torch.ops.fxc.*)
 from fxc import ir
 
 from .manager import PassContext, PassResult
+from .fuse_conv import normalized
 from .rewrite import Refuse, Rule, is_op, run_rules
 
 aten = torch.ops.aten
@@ -33,18 +34,10 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    from fxc.backends import engine_is_torch
     if not engine_is_torch(ctx.options):
         return PassResult(notes=["the engine is not fxc's torch runtime: its own fusions apply"])
     return run_rules(gm, [Rule("add_layer_norm", match, apply)], ctx)
-
-
-def engine_is_torch(opts) -> bool:
-    """Whether the compile will run on fxc's torch runtime (the backend `auto` resolves to)."""
-    from fxc import backends
-    try:
-        return backends.choose(opts).name == "torch"
-    except Exception:  # the backend's own error comes later, from compile
-        return False
 
 
 def match(ln: fx.Node, ctx: PassContext):
@@ -53,7 +46,8 @@ def match(ln: fx.Node, ctx: PassContext):
     add = ln.args[0]
     if not is_op(add, aten.add.Tensor):
         return None
-    shape, weight, bias, eps = _ln_args(ln)
+    a = normalized(ln)
+    shape, weight, bias, eps = a["normalized_shape"], a["weight"], a["bias"], a["eps"]
     if len(shape) != 1:
         return Refuse(f"layer norm over {len(shape)} dimensions (the kernel does the last one)")
     if weight is None or bias is None:
@@ -101,11 +95,3 @@ def apply(gm: fx.GraphModule, m, ctx: PassContext) -> int:
     gm.graph.erase_node(ln)
     gm.graph.erase_node(add)
     return 1
-
-
-def _ln_args(ln: fx.Node) -> tuple:
-    names = ("input", "normalized_shape", "weight", "bias", "eps")
-    defaults = {"weight": None, "bias": None, "eps": 1e-5}
-    got = dict(zip(names, ln.args))
-    got.update(ln.kwargs)
-    return tuple(got.get(k, defaults.get(k)) for k in names[1:])

@@ -40,7 +40,7 @@ def main():
     import os
     if os.environ.get("SDPA"):  # e.g. SDPA=EFFICIENT_ATTENTION: pin SDPA's backend for the run
         from torch.nn.attention import SDPBackend, sdpa_kernel
-        sdpa_kernel([SDPBackend[os.environ["SDPA"]]]).__enter__()
+        sdpa_kernel([getattr(SDPBackend, os.environ["SDPA"])]).__enter__()  # an enum, not a dict
         print("SDPA backend pinned to", os.environ["SDPA"])
     name, batch = sys.argv[1], int(sys.argv[2])
     rest = sys.argv[3:]

@@ -1,9 +1,14 @@
-"""Helpers shared by the pass tests: a CPU pass context, op counts, outputs, capture."""
+"""Helpers shared by the pass tests: pass contexts, op counts, outputs, capture, ATen graphs
+(generated through make_fx, or built by hand), several models captured as one."""
 import torch
+import torch.fx as fx
+import torch.nn as nn
 
 from fxc.capture import capture
 from fxc.options import CompileOptions
 from fxc.passes import PassContext
+
+aten = torch.ops.aten
 
 
 def ctx(disable=()):
@@ -24,3 +29,109 @@ def outputs(gm, inputs):
 
 def captured(model, *inputs):
     return capture(model.eval(), inputs, {}).gm
+
+
+def fp32_ctx(inputs, **options):
+    """A CPU, FP32 pass context through `resolve` (options validated), with example inputs."""
+    from fxc.options import resolve
+    opts = resolve(device=None, precision="fp32", backend="torch", verify=False, dump_dir=None,
+                   disable_passes=(), default_device=torch.device("cpu"), **options)
+    return PassContext(opts, list(inputs))
+
+
+def captured_after_dce(model, *inputs):
+    """The captured graph as the clean-up passes see it: the pipeline runs dce first."""
+    from fxc.passes import dce
+    gm = capture(model.eval(), inputs, {}).gm
+    dce.run(gm, fp32_ctx(inputs))
+    gm.recompile()
+    return gm
+
+
+_TABLE: dict = {}  # fxc's decomposition table, materialized once (the lazy one re-collects ops)
+_OUT_OF_PLACE = {aten.squeeze_.dim: aten.squeeze.dim, aten.unsqueeze_.default: aten.unsqueeze.default,
+                 aten.squeeze_.dims: aten.squeeze.dims, aten.transpose_.default: aten.transpose.int}
+
+
+def aten_graph(g):
+    """A generated module as a functional ATen graph with get_attr constants and true meta:
+    make_fx with fxc's decomposition table (capture costs ~1 s a graph; this ~0.05 s).
+
+    make_fx decomposes a rank-1 matmul into mm + squeeze_: that in-place squeeze of a fresh
+    value is rewritten out of place; a graph that still writes in place is not drawn."""
+    from hypothesis import assume
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from fxc import decomp, ir
+    from fxc.passes import cse, dce
+    if not _TABLE:
+        _TABLE.update(decomp.table())
+    with torch.no_grad():
+        gm = make_fx(g.module, decomposition_table=_TABLE)(*g.inputs)
+    for n in list(gm.graph.nodes):
+        if n.target in _OUT_OF_PLACE and len(n.args[0].users) == 1:
+            n.target = _OUT_OF_PLACE[n.target]
+    gm.recompile()
+    assume(cse.first_mutation(gm) is None)
+    ir.infer_meta(gm)
+    dce.run(gm, fp32_ctx(g.inputs))  # as the pipeline does before the clean-up passes
+    gm.recompile()
+    return gm
+
+
+class Many(nn.Module):
+    """Several models side by side, each on its own inputs (one capture: export costs
+    seconds a model on the CI machine); returns all outputs flat."""
+
+    def __init__(self, builds):
+        super().__init__()
+        self.parts = nn.ModuleList(build() for build in builds)
+        self.arity = []
+
+    def forward(self, *xs):
+        outs, i = [], 0
+        for part, n in zip(self.parts, self.arity):
+            out = part(*xs[i:i + n])
+            outs += list(out) if isinstance(out, tuple) else [out]
+            i += n
+        return tuple(outs)
+
+
+def many(table):
+    """(Many of every entry's model, all entries' inputs): table name -> (build, inputs, ...)."""
+    torch.manual_seed(0)
+    model = Many([entry[0] for entry in table.values()])
+    inputs = []
+    for entry in table.values():
+        xs = entry[1]()
+        model.arity.append(len(xs))
+        inputs += xs
+    return model, tuple(inputs)
+
+
+class AtenGraph:
+    """A hand-built graph in fxc's IR form (get_attr constants, meta by fake propagation)."""
+
+    def __init__(self):
+        self.root, self.graph, self.inputs, self.k = nn.Module(), fx.Graph(), [], 0
+
+    def input(self, t):
+        node = self.graph.placeholder(f"in{len(self.inputs)}")
+        node.meta["val"] = t
+        self.inputs.append(t)
+        return node
+
+    def const(self, t):
+        self.k += 1
+        self.root.register_buffer(f"c{self.k}", t)
+        return self.graph.get_attr(f"c{self.k}")
+
+    def __call__(self, op, *args, **kwargs):
+        return self.graph.call_function(op, args, kwargs)
+
+    def build(self, outs):
+        from fxc import ir
+        self.graph.output(tuple(outs))
+        gm = fx.GraphModule(self.root, self.graph)
+        ir.infer_meta(gm)
+        return gm

@@ -5,34 +5,19 @@ import dataclasses
 import pytest
 import torch
 import torch.nn as nn
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch._subclasses.fake_tensor import FakeTensor
-from torch.fx.experimental.proxy_tensor import make_fx
 
 import fxc
-from fxc import decomp, ir, models
-from fxc.capture import capture
-from fxc.options import resolve
-from fxc.passes import PassContext, cse, dce, fold_constants
+from fxc import ir, models
+from fxc.passes import cse, fold_constants
 from fxc.passes.manager import compare
 from fxc.testing import FLOATS, OPS, graphs
+from passkit import aten_graph, captured_after_dce as _captured, fp32_ctx as _ctx  # noqa: E402
 
 aten = torch.ops.aten
 FUNCTIONAL_OPS = [name for name, spec in OPS.items() if not spec.inplace]
-
-
-def _ctx(inputs, **options):
-    opts = resolve(device=None, precision="fp32", backend="torch", verify=False, dump_dir=None,
-                   disable_passes=(), default_device=torch.device("cpu"), **options)
-    return PassContext(opts, list(inputs))
-
-
-def _captured(model, *inputs):
-    gm = capture(model.eval(), inputs, {}).gm
-    dce.run(gm, _ctx(inputs))  # the pipeline runs dce first
-    gm.recompile()
-    return gm
 
 
 def _fold(gm, inputs, **options):
@@ -338,32 +323,6 @@ def test_folds_on_the_device_of_the_constants():
 
 
 # -- generated graphs ----------------------------------------------------------------------------
-
-_TABLE = dict(decomp.table())  # materialized once: the lazy table re-collects ops per use
-
-
-def aten_graph(g):
-    """The generated module as a functional ATen graph with get_attr constants and true meta:
-    make_fx with fxc's decomposition table (capture costs ~1 s a graph; this ~0.05 s).
-
-    make_fx decomposes a rank-1 matmul into mm + squeeze_: that in-place squeeze of a fresh
-    value is rewritten out of place; a graph that still writes in place is not drawn."""
-    with torch.no_grad():
-        gm = make_fx(g.module, decomposition_table=_TABLE)(*g.inputs)
-    for n in list(gm.graph.nodes):
-        if n.target in _OUT_OF_PLACE and len(n.args[0].users) == 1:
-            n.target = _OUT_OF_PLACE[n.target]
-    gm.recompile()
-    assume(cse.first_mutation(gm) is None)
-    ir.infer_meta(gm)
-    dce.run(gm, _ctx(g.inputs))  # as the pipeline does before the clean-up passes
-    gm.recompile()
-    return gm
-
-
-_OUT_OF_PLACE = {aten.squeeze_.dim: aten.squeeze.dim, aten.unsqueeze_.default: aten.unsqueeze.default,
-                 aten.squeeze_.dims: aten.squeeze.dims, aten.transpose_.default: aten.transpose.int}
-
 
 def plant_weight_chain(b, draw):
     """A parameter, permuted and scaled (foldable), added to a value that may read an input."""

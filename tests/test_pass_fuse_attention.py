@@ -15,7 +15,6 @@ import math
 
 import pytest
 import torch
-import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
@@ -27,7 +26,7 @@ from fxc.capture import capture
 from fxc.models import bert, get, gpt2, llama
 from fxc.passes import fuse_attention
 from fxc.testing import OPS, OpRejected, OpSpec, graphs
-from passkit import ctx, count, outputs, captured  # noqa: E402
+from passkit import AtenGraph, ctx, count, outputs, captured, many  # noqa: E402
 
 aten = torch.ops.aten
 SDPA = aten.scaled_dot_product_attention.default
@@ -51,35 +50,6 @@ def run_checked(gm, inputs):
     gm.recompile()
     assert again.rewrites == 0 and gm.code == code, "fuse_attention is not idempotent"
     return result
-
-
-class Many(nn.Module):
-    """Several models side by side, each on its own inputs (one capture: export costs
-    seconds a model on the CI machine); returns all outputs flat."""
-
-    def __init__(self, builds):
-        super().__init__()
-        self.parts = nn.ModuleList(build() for build in builds)
-        self.arity = []
-
-    def forward(self, *xs):
-        outs, i = [], 0
-        for part, n in zip(self.parts, self.arity):
-            out = part(*xs[i:i + n])
-            outs += list(out) if isinstance(out, tuple) else [out]
-            i += n
-        return tuple(outs)
-
-
-def many(table):
-    torch.manual_seed(0)
-    model = Many([entry[0] for entry in table.values()])
-    inputs = []
-    for entry in table.values():
-        xs = entry[1]()
-        model.arity.append(len(xs))
-        inputs += xs
-    return model, tuple(inputs)
 
 
 # -- hand-written attention blocks -----------------------------------------------------------
@@ -169,33 +139,6 @@ def test_hand_written():
     with torch.no_grad():
         for a, b in zip(outputs(gm, inputs), model(*inputs), strict=True):
             torch.testing.assert_close(a, b)
-
-
-class AtenGraph:
-    """A hand-built graph in fxc's IR form (get_attr constants, meta by fake propagation)."""
-
-    def __init__(self):
-        self.root, self.graph, self.inputs, self.k = nn.Module(), fx.Graph(), [], 0
-
-    def input(self, t):
-        node = self.graph.placeholder(f"in{len(self.inputs)}")
-        node.meta["val"] = t
-        self.inputs.append(t)
-        return node
-
-    def const(self, t):
-        self.k += 1
-        self.root.register_buffer(f"c{self.k}", t)
-        return self.graph.get_attr(f"c{self.k}")
-
-    def __call__(self, op, *args, **kwargs):
-        return self.graph.call_function(op, args, kwargs)
-
-    def build(self, outs):
-        self.graph.output(tuple(outs))
-        gm = fx.GraphModule(self.root, self.graph)
-        ir.infer_meta(gm)
-        return gm
 
 
 # -- must not fire ---------------------------------------------------------------------------

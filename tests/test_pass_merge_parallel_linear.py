@@ -12,7 +12,6 @@ import operator
 
 import pytest
 import torch
-import torch.fx as fx
 import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,7 +22,7 @@ from fxc.capture import capture
 from fxc.models import bert, get, llama
 from fxc.passes import fuse_attention, fuse_linear, merge_parallel_linear
 from fxc.testing import graphs
-from passkit import ctx, count, outputs, captured  # noqa: E402
+from passkit import AtenGraph, Many, ctx, count, outputs, captured, many  # noqa: E402
 
 aten = torch.ops.aten
 LINEAR, SPLIT = aten.linear.default, aten.split_with_sizes.default
@@ -48,35 +47,6 @@ def run_checked(gm, inputs, c=None):
         if n.op == "get_attr":
             assert n.target in buffers and n.meta["val"].shape == buffers[n.target].shape
     return result
-
-
-class Many(nn.Module):
-    """Several models side by side, each on its own inputs (one capture: export costs
-    seconds a model on the CI machine); returns all outputs flat."""
-
-    def __init__(self, builds):
-        super().__init__()
-        self.parts = nn.ModuleList(build() for build in builds)
-        self.arity = []
-
-    def forward(self, *xs):
-        outs, i = [], 0
-        for part, n in zip(self.parts, self.arity):
-            out = part(*xs[i:i + n])
-            outs += list(out) if isinstance(out, tuple) else [out]
-            i += n
-        return tuple(outs)
-
-
-def many(table):
-    torch.manual_seed(0)
-    model = Many([entry[0] for entry in table.values()])
-    inputs = []
-    for entry in table.values():
-        xs = entry[1]()
-        model.arity.append(len(xs))
-        inputs += xs
-    return model, tuple(inputs)
 
 
 def perturb(model):
@@ -276,33 +246,6 @@ def test_single_linear_is_no_candidate():
 
 
 # -- ATen graphs drawn directly ----------------------------------------------------------------
-
-class AtenGraph:
-    """A hand-built graph in fxc's IR form (get_attr constants, meta by fake propagation)."""
-
-    def __init__(self):
-        self.root, self.graph, self.inputs, self.k = nn.Module(), fx.Graph(), [], 0
-
-    def input(self, t):
-        node = self.graph.placeholder(f"in{len(self.inputs)}")
-        node.meta["val"] = t
-        self.inputs.append(t)
-        return node
-
-    def const(self, t):
-        self.k += 1
-        self.root.register_buffer(f"c{self.k}", t)
-        return self.graph.get_attr(f"c{self.k}")
-
-    def __call__(self, op, *args, **kwargs):
-        return self.graph.call_function(op, args, kwargs)
-
-    def build(self, outs):
-        self.graph.output(tuple(outs))
-        gm = fx.GraphModule(self.root, self.graph)
-        ir.infer_meta(gm)
-        return gm
-
 
 CONSUMERS = ["output", "output", "neg", "split_heads", "permute", "relu", "flatten", "tanh"]
 

@@ -5,33 +5,18 @@ import pytest
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.fx.experimental.proxy_tensor import make_fx
 
-from fxc import decomp, ir
-from fxc.capture import capture
-from fxc.options import resolve
-from fxc.passes import PassContext, cse, dce, noops
+from fxc import ir
+from fxc.passes import noops
 from fxc.passes.manager import compare
 from fxc.passes.rewrite import Refuse, is_graph_output
 from fxc.testing import FLOATS, INTS, OPS, graphs
+from passkit import aten_graph, captured_after_dce as _captured, fp32_ctx as _ctx  # noqa: E402
 
 aten = torch.ops.aten
 FUNCTIONAL_OPS = [name for name, spec in OPS.items() if not spec.inplace]
-
-
-def _ctx(inputs):
-    opts = resolve(device=None, precision="fp32", backend="torch", verify=False, dump_dir=None,
-                   disable_passes=(), default_device=torch.device("cpu"))
-    return PassContext(opts, list(inputs))
-
-
-def _captured(model, *inputs):
-    gm = capture(model.eval(), inputs, {}).gm
-    dce.run(gm, _ctx(inputs))
-    gm.recompile()
-    return gm
 
 
 def _noops(gm, inputs):
@@ -400,27 +385,6 @@ def test_in_place_graph_is_left_alone():
 
 
 # -- generated graphs ----------------------------------------------------------------------------
-
-_TABLE = dict(decomp.table())
-_OUT_OF_PLACE = {aten.squeeze_.dim: aten.squeeze.dim, aten.unsqueeze_.default: aten.unsqueeze.default,
-                 aten.squeeze_.dims: aten.squeeze.dims, aten.transpose_.default: aten.transpose.int}
-
-
-def aten_graph(g):
-    """The generated module as a functional ATen graph (make_fx with fxc's table; capture
-    would cost ~1 s a graph). make_fx's in-place squeeze of a fresh mm is made out of place."""
-    with torch.no_grad():
-        gm = make_fx(g.module, decomposition_table=_TABLE)(*g.inputs)
-    for n in list(gm.graph.nodes):
-        if n.target in _OUT_OF_PLACE and len(n.args[0].users) == 1:
-            n.target = _OUT_OF_PLACE[n.target]
-    gm.recompile()
-    assume(cse.first_mutation(gm) is None)
-    ir.infer_meta(gm)
-    dce.run(gm, _ctx(g.inputs))  # as the pipeline does before the clean-up passes
-    gm.recompile()
-    return gm
-
 
 def plant_permute_pair(b, draw):
     """x.permute(p).permute(inverse of p), or a transpose twice."""

@@ -12,7 +12,6 @@ import math
 import operator
 
 import torch
-import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
@@ -23,7 +22,7 @@ from fxc.capture import capture
 from fxc.passes import recognize_norm_act
 from fxc.testing import OPS, OpRejected, OpSpec, graphs
 from fxc.testing.ops import c_layer_norm
-from passkit import ctx, count, outputs, captured  # noqa: E402
+from passkit import AtenGraph, ctx, count, outputs, captured, many  # noqa: E402
 
 aten = torch.ops.aten
 FUSED = (aten.layer_norm.default, aten.rms_norm.default, aten.gelu.default, aten.silu.default)
@@ -187,34 +186,6 @@ HAND_WRITTEN = {
 }
 
 
-class Many(nn.Module):
-    """Several models side by side, each on its own inputs; returns all outputs flat."""
-
-    def __init__(self, builds):
-        super().__init__()
-        self.parts = nn.ModuleList(build() for build in builds)
-        self.arity = []
-
-    def forward(self, *xs):
-        outs, i = [], 0
-        for part, n in zip(self.parts, self.arity):
-            out = part(*xs[i:i + n])
-            outs += list(out) if isinstance(out, tuple) else [out]
-            i += n
-        return tuple(outs)
-
-
-def many(table):
-    torch.manual_seed(0)
-    model = Many([build for build, _, _ in table.values()])
-    inputs = []
-    for _, make_inputs, _ in table.values():
-        xs = make_inputs()
-        model.arity.append(len(xs))
-        inputs += xs
-    return model, tuple(inputs)
-
-
 def test_hand_written():
     model, inputs = many(HAND_WRITTEN)
     gm = captured(model, *inputs)
@@ -326,33 +297,6 @@ def test_must_not_fire():
 
 
 # -- ATen graphs drawn directly: every spelling, every refusal --------------------------------
-
-class AtenGraph:
-    """A hand-built graph in fxc's IR form (get_attr constants, meta by fake propagation)."""
-
-    def __init__(self):
-        self.root, self.graph, self.inputs, self.k = nn.Module(), fx.Graph(), [], 0
-
-    def input(self, t):
-        node = self.graph.placeholder(f"in{len(self.inputs)}")
-        node.meta["val"] = t
-        self.inputs.append(t)
-        return node
-
-    def const(self, t):
-        self.k += 1
-        self.root.register_buffer(f"c{self.k}", t)
-        return self.graph.get_attr(f"c{self.k}")
-
-    def __call__(self, op, *args, **kwargs):
-        return self.graph.call_function(op, args, kwargs)
-
-    def build(self, outs):
-        self.graph.output(tuple(outs))
-        gm = fx.GraphModule(self.root, self.graph)
-        ir.infer_meta(gm)
-        return gm
-
 
 SPOILERS = ["none"] * 6 + ["output", "user", "low_precision"]
 

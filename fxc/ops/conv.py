@@ -100,29 +100,25 @@ def conv_out_shape(x: torch.Tensor, w: torch.Tensor, stride, padding, dilation) 
 
 _FAST_DTYPES = (torch.float16, torch.float32)
 _GEMM_DTYPES = (torch.float16, torch.bfloat16)
-_NO_FUSED_ENGINE: set = set()  # geometries cuDNN refused once: (fn, groups > 1, dtype, k)
+_NO_FUSED_ENGINE: set = set()  # geometries cuDNN refused once: (fn, dtype, kernel size)
 
 
-def _relu_bound(act: str, act_args: Sequence[float]) -> float | None:
-    """None for relu; hi for relu6-like hardtanh [0, hi]; NaN where act is neither."""
-    if act == "relu":
-        return None
-    if act == "hardtanh" and act_args[0] == 0.0 and act_args[1] >= 0.0:
-        return float(act_args[1])
-    return float("nan")
+def _relu_like(act: str, act_args: Sequence[float]) -> bool:
+    """relu, or hardtanh [0, hi] (relu6): relu followed by min(., hi) computes it exactly."""
+    return act == "relu" or (act == "hardtanh" and act_args[0] == 0.0 and act_args[1] >= 0.0)
 
 
-def _clamped(y: torch.Tensor, hi: float | None) -> torch.Tensor:
-    return y if hi is None else y.clamp_max_(hi)
+def _clamped(y: torch.Tensor, act: str, act_args: Sequence[float]) -> torch.Tensor:
+    """A relu kernel's output `y` finished as `act` (a relu-like one): relu6 clamps in place."""
+    return y.clamp_max_(float(act_args[1])) if act == "hardtanh" else y
 
 
 def _cudnn_fusable(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], act: str,
                    act_args: Sequence[float], fn_name: str, *others: torch.Tensor) -> bool:
     """cuDNN's fused kernels compute relu only (relu6 clamps after), 2-D, one group,
-    fp16/fp32, one dtype, non-empty, and never deterministically (they pass deterministic=false): fall back
-    where any fails, or where cuDNN refused this geometry before."""
-    hi = _relu_bound(act, act_args)
-    return ((hi is None or hi == hi) and hasattr(torch, fn_name)
+    fp16/fp32, one dtype, non-empty, and never deterministically (they pass
+    deterministic=false): fall back where any fails, or where cuDNN refused this geometry."""
+    return (_relu_like(act, act_args) and hasattr(torch, fn_name)
             and torch.backends.cudnn.is_available()
             and torch.backends.cudnn.enabled and not torch.backends.cudnn.deterministic
             and not torch.are_deterministic_algorithms_enabled()
@@ -147,8 +143,7 @@ def _try_cudnn(fn_name: str, x, w, call: Callable) -> Optional[torch.Tensor]:
 
 def _gemm_fits(x, w, b, stride, padding, groups, act, act_args) -> bool:
     """The 1x1 conv that is exactly a GEMM on the channels_last view (module docstring)."""
-    hi = _relu_bound(act, act_args)
-    return ((act == "identity" or hi is None or hi == hi) and b is not None
+    return ((act == "identity" or _relu_like(act, act_args)) and b is not None
             and x.dim() == 4 and w.dim() == 4 and tuple(w.shape[2:]) == (1, 1)
             and all(s == 1 for s in stride) and all(p == 0 for p in padding) and groups == 1
             and x.numel() > 0 and x.dtype in _GEMM_DTYPES and w.dtype == x.dtype == b.dtype
@@ -162,8 +157,7 @@ def _conv1x1_gemm(x, w, b, act, act_args) -> torch.Tensor:
     if act == "identity":
         y = torch.addmm(b, x2d, w2d)
     else:
-        y = _clamped(torch._addmm_activation(b, x2d, w2d, use_gelu=False),
-                     _relu_bound(act, act_args))
+        y = _clamped(torch._addmm_activation(b, x2d, w2d, use_gelu=False), act, act_args)
     return y.view(n, h, wd, w.shape[0]).permute(0, 3, 1, 2)  # (N, C_out, H, W) channels_last
 
 
@@ -197,7 +191,7 @@ def _(x, w, b, stride, padding, dilation, groups, act, act_args):
         y = _try_cudnn(fn, x, w, lambda: torch.cudnn_convolution_relu(
             x, w, b, list(stride), list(padding), list(dilation), groups))
         if y is not None:
-            return _clamped(y, _relu_bound(act, act_args))
+            return _clamped(y, act, act_args)
     return activate(_conv(x, w, b, stride, padding, dilation, groups), act, act_args)
 
 
@@ -235,6 +229,6 @@ def _(x, w, b, residual, stride, padding, dilation, groups, act, act_args):
         y = _try_cudnn(fn, x, w, lambda: torch.cudnn_convolution_add_relu(
             x, w, residual, 1.0, b, list(stride), list(padding), list(dilation), groups))
         if y is not None:
-            return _clamped(y, _relu_bound(act, act_args))
+            return _clamped(y, act, act_args)
     y = _conv(x, w, b, stride, padding, dilation, groups)
     return activate(aten.add.Tensor(y, residual), act, act_args)
