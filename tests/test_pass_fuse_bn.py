@@ -20,6 +20,7 @@ from fxc.capture import capture
 from fxc.models import resnet
 from fxc.passes import fuse_bn
 from fxc.testing import FLOATS, graphs, plant_conv_bn
+import passkit  # noqa: E402
 from passkit import ctx, count, outputs, captured  # noqa: E402
 
 aten = torch.ops.aten
@@ -251,28 +252,13 @@ def test_must_not_fire(name):
 
 # -- ATen graphs drawn directly: every form of the pattern and every refusal -------------------
 
-class AtenGraph:
-    """A hand-built graph in fxc's IR form (get_attr constants, meta by fake propagation)."""
-
-    def __init__(self):
-        self.root, self.graph, self.inputs, self.k = nn.Module(), fx.Graph(), [], 0
-
-    def input(self, t):
-        node = self.graph.placeholder(f"in{len(self.inputs)}")
-        node.meta["val"] = t
-        self.inputs.append(t)
-        return node
-
-    def const(self, t):
-        self.k += 1
-        self.root.register_buffer(f"c{self.k}", t)
-        return self.graph.get_attr(f"c{self.k}")
+class AtenGraph(passkit.AtenGraph):
+    """passkit's hand-built graph, with meta recorded from one eager run instead."""
 
     def tensor(self, t, as_input=False):
         return self.input(t) if as_input else self.const(t)
 
-    def call(self, op, *args, **kwargs):
-        return self.graph.call_function(op, args, kwargs)
+    call = passkit.AtenGraph.__call__
 
     def build(self, outs):
         """The GraphModule, meta["val"] of every node recorded from one eager run (cheaper than
