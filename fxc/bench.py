@@ -313,19 +313,26 @@ def ablation_sets(spec: str) -> list[tuple[str, ...]]:
 
 def ablate(name: str, size: str, batch: int, device: torch.device, precision: str,
            iters: int, sets: list[tuple[str, ...]] | None = None) -> list[dict]:
-    """Compile again with each set of passes left out (default: each pass alone): each set's
-    share of latency, memory and error, against the full pipeline, all in this process."""
+    """Compile again with each set of passes left out (default: each pass alone), all in this
+    process: one row a compile, {without, median_ms, rel_err, arena_bytes, nodes} (or {without,
+    error}). "(none)" is the full pipeline, "(all)" every pass left out (capture, memory plan
+    and runtime only, in the model's own precision since cast_precision is off too): the two
+    ends `ablation_shares` measures each set's share of latency, memory and error against."""
     import fxc
     from .models import get
+    from .passes import names as pass_names
     model, example = get(name, size=size, batch=batch, seed=0)
     example = tuple(x.to(device) for x in example)
     with torch.no_grad():
         ref = model.to(device)(*example)
     sets_in = timing.rotated_inputs(example)
+    every = tuple(pass_names())
     out = []
-    for left_out in [()] + list(sets if sets is not None else ablation_sets("each")):
+    for left_out in [(), every] + list(sets if sets is not None else ablation_sets("each")):
         label = "+".join(left_out) or "(none)"
-        if set(FUSION) <= set(left_out):
+        if left_out == every:
+            label = "(all)"
+        elif set(FUSION) <= set(left_out):
             label = "+".join(["fusion"] + [p for p in left_out if p not in FUSION])
         try:
             c = fxc.compile(model, example, device=device, precision=precision, backend="torch",
@@ -343,6 +350,76 @@ def ablate(name: str, size: str, batch: int, device: torch.device, precision: st
             torch.cuda.empty_cache()
     model.cpu()
     return out
+
+
+def _delta(row: dict, full: dict, key: str):
+    a, b = row.get(key), full.get(key)
+    return None if a is None or b is None else a - b
+
+
+def ablation_shares(rows: list[dict]) -> list[dict]:
+    """`ablate`'s rows, each copied with what leaving its set out costs against the full
+    pipeline ("(none)"): d_ms, d_arena_bytes, d_rel_err (the row minus "(none)"; positive:
+    slower, more arena, larger error without the set), and ms_share / arena_share, the part of
+    the whole pipeline's gain that the set accounts for: d / ("(all)" minus "(none)"), where
+    "(all)" leaves every pass out. Passes interact (one enables or replaces another), so shares
+    need not add up to 1, a set can exceed 1 (without it the graph is worse than with no passes)
+    or be negative (the model is faster without it). A share is None where there is no "(all)"
+    row (runs recorded before ablate measured one), it failed, or "(all)" equals "(none)" on that
+    measure. Rows that failed (an 'error'), and every row when "(none)" failed or is
+    missing, come back unchanged."""
+    ok = {r["without"]: r for r in rows if not r.get("error")}
+    full, every = ok.get("(none)"), ok.get("(all)")
+    out = []
+    for r in rows:
+        r = dict(r)
+        if full is not None and not r.get("error"):
+            for key, d_key, share_key in (("median_ms", "d_ms", "ms_share"),
+                                          ("arena_bytes", "d_arena_bytes", "arena_share"),
+                                          ("rel_err", "d_rel_err", None)):
+                r[d_key] = _delta(r, full, key)
+                if share_key:
+                    gain = _delta(every, full, key) if every is not None else None
+                    r[share_key] = r[d_key] / gain if gain and r[d_key] is not None else None
+        out.append(r)
+    return out
+
+
+ABLATION_COLUMNS = ("without", "ms", "d ms", "share of gain", "arena KB", "d arena KB",
+                    "arena share", "rel err", "d rel err", "nodes")
+
+
+def _fmt(v, spec: str) -> str:
+    return "" if v is None else format(v, spec)
+
+
+def ablation_cells(row: dict) -> list[str]:
+    """One `ablation_shares` row as strings in ABLATION_COLUMNS order; a failed row reads
+    'failed' under ms (its error is the row's 'error')."""
+    if row.get("error"):
+        return [row["without"], "failed"] + [""] * (len(ABLATION_COLUMNS) - 2)
+    kb = lambda b: None if b is None else b / 1024  # noqa: E731
+    ref = row["without"] == "(none)"  # the reference: its deltas are zero by definition
+    return [row["without"], _fmt(row.get("median_ms"), ".3f"),
+            "" if ref else _fmt(row.get("d_ms"), "+.3f"),
+            "" if ref else _fmt(row.get("ms_share"), ".0%"),
+            _fmt(kb(row.get("arena_bytes")), ".1f"),
+            "" if ref else _fmt(kb(row.get("d_arena_bytes")), "+.1f"),
+            "" if ref else _fmt(row.get("arena_share"), ".0%"),
+            _fmt(row.get("rel_err"), ".1e"),
+            "" if ref else _fmt(row.get("d_rel_err"), "+.1e"),
+            _fmt(row.get("nodes"), "d")]
+
+
+def ablation_table(rows: list[dict]) -> str:
+    """`ablate`'s rows as an aligned text table (shares computed here); failed rows after it."""
+    rows = ablation_shares(rows)
+    body = [list(ABLATION_COLUMNS)] + [ablation_cells(r) for r in rows if not r.get("error")]
+    widths = [max(len(line[i]) for line in body) for i in range(len(ABLATION_COLUMNS))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(line, widths))).rstrip() for line in body]
+    lines += [f"{r['without']}: failed: {r['error']}" for r in rows if r.get("error")]
+    return "\n".join(lines)
 
 
 def run_isolated(name: str, batch: int, args, backends_: list[str]) -> tuple[list[Row], dict]:

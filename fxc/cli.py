@@ -240,10 +240,9 @@ def cmd_bench(args) -> int:
     print(file=sys.stderr)
     print(bench.table(rows))
     for key, abl in ablations.items():
-        print(f"\nablation {key} (each pass left out in turn):")
-        for a in abl:
-            print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                   for k, v in a.items()))
+        print(f"\nablation {key}: each pass set left out in turn; d = change against all passes "
+              f"on, (none); share of gain = d / ((all) - (none)):")
+        print(bench.ablation_table(abl))
     if args.out:
         path = bench.write_results(rows, args.out, tag, {"ablation": ablations,
                                                          "size": args.size})

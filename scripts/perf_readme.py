@@ -1,5 +1,7 @@
 """Generate the README's performance section from benchmarks/results/*.json (never typed by
-hand): one table per results file, every runner's median, and fxc's ratio to the best peer.
+hand): one table per results file, every runner's median, and fxc's ratio to the best peer; then
+one table per (model, batch) in benchmarks/results/ablation/*.json (`fxc bench --ablate`), each
+pass set's share of latency, memory and error from fxc.bench.ablation_shares.
 
     python3 scripts/perf_readme.py            # rewrites the section between the markers
 """
@@ -9,8 +11,11 @@ import glob
 import json
 import os
 import re
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)  # fxc.bench: the ablation shares are computed in one place
 BEGIN, END = "<!-- perf:begin (scripts/perf_readme.py) -->", "<!-- perf:end -->"
 
 
@@ -19,7 +24,7 @@ def section() -> str:
     for path in sorted(glob.glob(os.path.join(ROOT, "benchmarks", "results", "*.json"))):
         data = json.load(open(path))
         m = data["machine"]
-        where = m.get("gpu") or f"{m['cpu']} CPU, {m['threads']} threads"
+        where = _where(m)
         rows = data["rows"]
         runners = list(dict.fromkeys(r["runner"] for r in rows))
         out.append(f"**{os.path.basename(path)}** — {where}, torch {m['torch']}, median ms; "
@@ -44,7 +49,46 @@ def section() -> str:
             out.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells)
                        + f" | {ratio} | {err} | {mem} |")
         out.append("")
+    out += ablations()
     return "\n".join(out)
+
+
+def _where(m: dict) -> str:
+    return m.get("gpu") or f"{m['cpu']} CPU, {m['threads']} threads"
+
+
+def ablations() -> list[str]:
+    """One markdown table per (model, batch) of each benchmarks/results/ablation/*.json."""
+    from fxc.bench import ABLATION_COLUMNS, ablation_cells, ablation_shares
+    out = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "benchmarks", "results", "ablation",
+                                              "*.json"))):
+        data = json.load(open(path))
+        m = data["machine"]
+        for key, rows in data.get("ablation", {}).items():
+            rows = ablation_shares(rows)
+            has_all = any(r["without"] == "(all)" and not r.get("error") for r in rows)
+            model, _, batch = key.rpartition("_b")
+            shares = ("share of gain = d / ((all) - (none)), the part of the whole pipeline's "
+                      "gain that set accounts for (passes interact: shares need not add up to "
+                      "100% and can exceed it or be negative)" if has_all else
+                      "no (all) row (every pass left out) in this run, recorded before `--ablate` "
+                      "measured one, so no share columns")
+            out.append(f"**ablation/{os.path.basename(path)}: {model} batch {batch}** — "
+                       f"{_where(m)}, torch {m['torch']}, fxc torch backend, one compile with "
+                       f"each pass set left out; median ms, memory-plan arena, relative error "
+                       f"vs eager FP32; d = change against the full pipeline, (none); "
+                       f"{shares}\n")
+            keep = [i for i, c in enumerate(ABLATION_COLUMNS) if has_all or "share" not in c]
+            out.append("| " + " | ".join(ABLATION_COLUMNS[i] for i in keep) + " |")
+            out.append("|" + "---|" * len(keep))
+            for r in rows:
+                cells = ablation_cells(r)
+                if r.get("error"):
+                    cells[1] = "failed: " + r["error"][:80]
+                out.append("| " + " | ".join(cells[i].replace("|", "\\|") for i in keep) + " |")
+            out.append("")
+    return out
 
 
 def _memory(group: dict) -> str:

@@ -1,6 +1,7 @@
 """fxc bench: every runner produces a timed, correct row; JSON, plots and the table come out."""
 import json
 
+import pytest
 import torch
 
 from fxc import bench
@@ -55,3 +56,74 @@ def test_cpu_runners_are_timed_in_interleaved_rounds(monkeypatch):
     assert built[2][0].median_ms is None
     switches = sum(1 for x, y in zip(order, order[1:]) if x != y)
     assert switches >= 9  # a..b..a..b.. five rounds, not all a then all b
+
+
+def _ablation_rows():
+    return [dict(without="(none)", median_ms=1.0, rel_err=1e-3, arena_bytes=1024, nodes=10),
+            dict(without="(all)", median_ms=3.0, rel_err=1e-6, arena_bytes=4096, nodes=30),
+            dict(without="fuse_x", median_ms=2.0, rel_err=2e-3, arena_bytes=1024, nodes=12),
+            dict(without="layout", median_ms=0.9, rel_err=1e-3, arena_bytes=2048, nodes=10),
+            dict(without="broken", error="RuntimeError: no kernel | here")]
+
+
+def test_ablation_shares_against_full_and_all():
+    rows = _ablation_rows()
+    got = {r["without"]: r for r in bench.ablation_shares(rows)}
+    assert rows == _ablation_rows()  # copies, the input is left alone
+    x = got["fuse_x"]
+    assert x["d_ms"] == pytest.approx(1.0) and x["ms_share"] == pytest.approx(0.5)
+    assert x["d_arena_bytes"] == 0 and x["arena_share"] == 0
+    assert x["d_rel_err"] == pytest.approx(1e-3)
+    lay = got["layout"]  # faster without it: a negative share
+    assert lay["ms_share"] == pytest.approx(-0.05) and lay["arena_share"] == pytest.approx(1 / 3)
+    assert got["(all)"]["ms_share"] == pytest.approx(1.0)
+    assert got["(none)"]["d_ms"] == 0 and got["(none)"]["ms_share"] == 0
+    assert got["broken"] == _ablation_rows()[-1]  # a failed row comes back unchanged
+
+    no_all = {r["without"]: r for r in bench.ablation_shares(
+        [r for r in _ablation_rows() if r["without"] != "(all)"])}
+    assert no_all["fuse_x"]["d_ms"] == pytest.approx(1.0)
+    assert no_all["fuse_x"]["ms_share"] is None and no_all["fuse_x"]["arena_share"] is None
+    no_full = [r for r in _ablation_rows() if r["without"] != "(none)"]
+    assert bench.ablation_shares(no_full) == no_full  # nothing to measure against
+
+
+def test_ablation_table_text():
+    lines = bench.ablation_table(_ablation_rows()).splitlines()
+    assert lines[0].split() == ["without", "ms", "d", "ms", "share", "of", "gain", "arena", "KB",
+                                "d", "arena", "KB", "arena", "share", "rel", "err", "d", "rel",
+                                "err", "nodes"]
+    assert lines[3].split() == ["fuse_x", "2.000", "+1.000", "50%", "1.0", "+0.0", "0%",
+                                "2.0e-03", "+1.0e-03", "12"]
+    assert len({len(line) for line in lines[:5]}) == 1  # aligned
+    assert lines[-1] == "broken: failed: RuntimeError: no kernel | here"
+
+
+def _perf_readme(monkeypatch, root):
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "perf_readme.py"
+    spec = importlib.util.spec_from_file_location("perf_readme", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "ROOT", str(root))
+    return mod
+
+
+def test_perf_readme_writes_ablation_tables(tmp_path, monkeypatch):
+    d = tmp_path / "benchmarks" / "results" / "ablation"
+    d.mkdir(parents=True)
+    machine = {"python": "3.11", "torch": "2.13", "cpu": "x86_64", "threads": 2, "gpu": None}
+    (d / "a_new.json").write_text(json.dumps(
+        {"machine": machine, "rows": [], "ablation": {"mlp_b1": _ablation_rows()}}))
+    old = [r for r in _ablation_rows() if r["without"] != "(all)"]
+    (d / "b_old.json").write_text(json.dumps(
+        {"machine": machine, "rows": [], "ablation": {"bert_b8": old}}))
+    text = _perf_readme(monkeypatch, tmp_path).section()
+    assert "ablation/a_new.json: mlp batch 1** — x86_64 CPU, 2 threads" in text
+    assert ("| without | ms | d ms | share of gain | arena KB | d arena KB | arena share | "
+            "rel err | d rel err | nodes |") in text
+    assert "| fuse_x | 2.000 | +1.000 | 50% | 1.0 | +0.0 | 0% | 2.0e-03 | +1.0e-03 | 12 |" in text
+    assert "| broken | failed: RuntimeError: no kernel \\| here |" in text
+    assert "ablation/b_old.json: bert batch 8**" in text and "no share columns" in text
+    assert "| fuse_x | 2.000 | +1.000 | 1.0 | +0.0 | 2.0e-03 | +1.0e-03 | 12 |" in text
