@@ -377,12 +377,17 @@ def gelu(b: Builder, node):
 
 
 def gelu_expr(b: Builder, x: str, dt, approx: str) -> str:
+    """GELU written out in exactly the forms ONNX Runtime's GeluFusion (erf: Div by sqrt 2)
+    and FastGeluFusion (tanh: Pow 3, its "second formula") recognize, so that each becomes one
+    Gelu / FastGelu kernel there instead of 5-8 elementwise passes over the activation;
+    TensorRT fuses these forms as well. Any other arrangement computes the same numbers and
+    silently stays unfused (bert-base on CPU: 48 extra nodes)."""
     if approx == "tanh":
-        cube = b.op("Mul", [b.op("Mul", [x, x]), x])
+        cube = b.op("Pow", [x, b.scalar(3.0, dt)])
         inner = b.op("Add", [x, b.op("Mul", [cube, b.scalar(0.044715, dt)])])
         t = b.op("Tanh", [b.op("Mul", [inner, b.scalar(math.sqrt(2 / math.pi), dt)])])
     else:
-        t = b.op("Erf", [b.op("Mul", [x, b.scalar(1 / math.sqrt(2), dt)])])
+        t = b.op("Erf", [b.op("Div", [x, b.scalar(math.sqrt(2), dt)])])
     half_x = b.op("Mul", [x, b.scalar(0.5, dt)])
     return b.op("Mul", [half_x, b.op("Add", [t, b.scalar(1.0, dt)])])
 

@@ -156,3 +156,28 @@ def test_cuda_provider_binds_device_memory():
     out = compiled(x)
     assert out["y"].device.type == "cuda"
     torch.testing.assert_close(out["y"], model(x)["y"], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("approximate,fused", [("none", {"Gelu", "BiasGelu"}),
+                                              ("tanh", {"FastGelu"})])
+def test_our_gelu_is_one_onnxruntime_kernel(tmp_path, approximate, fused):
+    """The lowering writes GELU in the forms ONNX Runtime's GeluFusion / FastGeluFusion match:
+    after ORT's optimizer no Erf/Tanh/Pow is left, one fused GELU per activation, and the
+    numbers still agree with torch."""
+    import onnx
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.GELU(approximate=approximate),
+                          nn.Linear(32, 8)).eval()
+    x = torch.randn(2, 5, 16)
+    c = fxc.compile(model, (x,), backend="onnxruntime")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(c.engine.lowered.model.SerializeToString(), so,
+                         providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert not {"Erf", "Tanh", "Pow"} & set(ops), ops
+    assert sum(op in fused for op in ops) == 1, ops
+    torch.testing.assert_close(c(x), model(x), rtol=1e-4, atol=1e-5)
