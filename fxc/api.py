@@ -32,8 +32,11 @@ class CompiledModule:
 
     def __call__(self, *args, **kwargs):
         flat = self.checker.flatten(args, kwargs)
-        with torch.no_grad():
+        if not getattr(self.engine, "runs_torch_ops", True):  # ONNX Runtime: autograd unused
             outs = self.engine.run(flat)
+        else:
+            with torch.no_grad():
+                outs = self.engine.run(flat)
         return pytree.tree_unflatten(outs, self.out_spec)
 
     def report(self) -> str:

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from typing import Callable
@@ -43,6 +44,7 @@ class Row:
     max_abs_err: float | None = None
     rel_err: float | None = None
     error: str | None = None
+    round_ms: list[float] | None = None   # CPU: the median of each interleaved round, in order
 
 
 def _cast_inputs(inputs: tuple, dtype: torch.dtype) -> tuple:
@@ -220,10 +222,15 @@ def _time(row: Row, fn, sets, device, iters: int) -> None:
 
 
 def _time_interleaved(built: list, sets, device, iters: int, rounds: int) -> None:
+    """Every runner timed in each of `rounds` rounds, the order reversed every other round (a
+    runner is not always the one right after the same neighbour). Each row keeps its rounds'
+    medians in order, so two runners can be compared round by round (paired_ratio): the load
+    of a shared machine moves both of a round's numbers alike."""
     samples: dict[int, list[float]] = {i: [] for i, (_, fn) in enumerate(built) if fn is not None}
     per_round = max(1, iters // rounds)
     for r in range(rounds):
-        for i in samples:
+        order = list(samples) if r % 2 == 0 else list(samples)[::-1]
+        for i in order:
             row, fn = built[i]
             if row.error:
                 continue
@@ -231,11 +238,23 @@ def _time_interleaved(built: list, sets, device, iters: int, rounds: int) -> Non
                 t = timing.measure(fn, sets, device=device, warmup=10 if r == 0 else 2,
                                    iters=per_round)
                 samples[i] += t.samples
+                row.round_ms = (row.round_ms or []) + [t.median_ms]
             except Exception as e:
                 _fail(row, e)
     for i, xs in samples.items():
         if xs and not built[i][0].error:
             _fill(built[i][0], timing.summary(xs))
+
+
+def paired_ratio(slow: Row, fast: Row) -> tuple[float, float, float] | None:
+    """slow / fast, round by round (both rows timed in the same interleaved rounds): the
+    median ratio and the 25th/75th percentiles, or None without per-round times."""
+    a, b = slow.round_ms or [], fast.round_ms or []
+    if not a or len(a) != len(b):
+        return None
+    ratios = sorted(x / y for x, y in zip(a, b))
+    q = lambda f: ratios[min(len(ratios) - 1, int(f * len(ratios)))]  # noqa: E731
+    return statistics.median(ratios), q(0.25), q(0.75)
 
 
 def _fill(row: Row, t: timing.Timing) -> None:
@@ -430,6 +449,7 @@ def run_isolated(name: str, batch: int, args, backends_: list[str]) -> tuple[lis
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "fxc", "bench", "--model", f"{name}@{batch}",
                "--size", args.size, "--precision", args.precision, "--iters", str(args.iters),
+               "--rounds", str(getattr(args, "rounds", 5)),
                "--backends", ",".join(backends_), "--tc-modes", args.tc_modes,
                "--out", tmp, "--tag", "child"]
         cmd += ["--device", args.device] if args.device else []

@@ -229,7 +229,7 @@ def cmd_bench(args) -> int:
         else:
             rows += bench.bench_one(m, args.size, b, device, args.precision, args.iters,
                                     args.torch_compile, backends, progress,
-                                    tc_modes=args.tc_modes.split(","))
+                                    tc_modes=args.tc_modes.split(","), rounds=args.rounds)
             if args.ablate is not None:
                 progress(f"{m} b{b}: ablation")
                 ablations[f"{m}_b{b}"] = bench.ablate(m, args.size, b, device, args.precision,
@@ -302,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     b.add_argument("--backends", default=None, help="fxc backends (default: all available)")
     b.add_argument("--iters", type=int, default=100)
+    b.add_argument("--rounds", type=int, default=5,
+                   help="CPU: interleaved timing rounds the iters are split over")
     b.add_argument("--torch-compile", action="store_true", help="also time torch.compile")
     b.add_argument("--tc-modes", default="default,reduce-overhead",
                    help="torch.compile modes to time (GPU), comma-separated")

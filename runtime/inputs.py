@@ -88,8 +88,8 @@ def _check_tensor(spec: InputSpec, x, batch: DynamicBatch | None = None) -> None
         raise FxcInputError(f"input '{spec.name}': expected a tensor, got {type(x).__name__}")
     if x.dtype != spec.dtype:
         raise FxcInputError(f"input '{spec.name}': expected dtype {spec.dtype}, got {x.dtype}")
-    shown = _shape_text(spec.shape, batch is not None)
     if x.dim() != len(spec.shape):
+        shown = _shape_text(spec.shape, batch is not None)
         raise FxcInputError(f"input '{spec.name}': expected rank {len(spec.shape)} "
                             f"(shape {shown}), got rank {x.dim()} (shape {tuple(x.shape)})")
     expected = tuple(spec.shape)
@@ -98,6 +98,7 @@ def _check_tensor(spec: InputSpec, x, batch: DynamicBatch | None = None) -> None
         expected = (x.shape[0],) + expected[1:]  # dim 0 is free; the rest must match
     if tuple(x.shape) != expected:
         axis = next(i for i, (a, b) in enumerate(zip(x.shape, expected)) if a != b)
+        shown = _shape_text(spec.shape, batch is not None)
         raise FxcInputError(f"input '{spec.name}': axis {axis} expected size {expected[axis]}, "
                             f"got {x.shape[axis]} (expected shape {shown}, got "
                             f"{tuple(x.shape)})")

@@ -68,6 +68,7 @@ class OrtEngine:
     """Runs a LoweredOnnx (fxc.lowering) with ONNX Runtime."""
 
     name = "onnxruntime"
+    runs_torch_ops = False  # outputs are filled by ONNX Runtime: no autograd to switch off
 
     def __init__(self, lowered, device: torch.device, threads: int = 0,
                  model_path: str | None = None, external_threshold: int = 2_000_000_000):
@@ -89,8 +90,8 @@ class OrtEngine:
         else:
             providers = ["CPUExecutionProvider"]
         self.session = _session(lowered, so, providers, model_path, external_threshold)
-        self._binding = self.session.io_binding()
-        self._dev = ("cuda", device.index or 0) if device.type == "cuda" else ("cpu", 0)
+        self._binding = Binding(self.session, "cuda" if device.type == "cuda" else "cpu",
+                                device.index or 0)
         self._outputs = _output_specs(lowered)
         self._empty_output = any(0 in (shape[1:] if is_batch else shape)
                                  for _, shape, is_batch in self._outputs)
@@ -102,12 +103,12 @@ class OrtEngine:
         low = self.lowered
         if self._empty_output or any(x.numel() == 0 for x in inputs):
             return self._run_copying(inputs)  # empty tensors have no memory to bind
-        binding, (dev, idx) = self._binding, self._dev
+        binding = self._binding
         kept = []  # keep contiguous copies alive until the run is done
         for name, x in zip(low.input_names, inputs):
             x = x.contiguous()
             kept.append(x)
-            binding.bind_input(name, dev, idx, NUMPY_DTYPES[x.dtype], tuple(x.shape), x.data_ptr())
+            binding.bind_input(name, NUMPY_DTYPES[x.dtype], tuple(x.shape), x.data_ptr())
         batch = inputs[0].shape[0] if low.dynamic_batch and inputs else None
         outs = []
         # Fresh outputs every call (a returned tensor is never overwritten later), in the
@@ -115,10 +116,10 @@ class OrtEngine:
         for name, (dtype, _, _), shape in zip(low.output_names, self._outputs,
                                               self._output_shapes(batch)):
             y = torch.empty(shape, dtype=dtype, device=self.device)
-            binding.bind_output(name, dev, idx, NUMPY_DTYPES[dtype], tuple(y.shape), y.data_ptr())
+            binding.bind_output(name, NUMPY_DTYPES[dtype], shape, y.data_ptr())
             outs.append(y)
         try:
-            self.session.run_with_iobinding(binding)
+            binding.run()
         except Exception as e:
             raise FxcRuntimeError(f"onnxruntime failed: {type(e).__name__}: {e}") from e
         return _assemble(low, outs)
@@ -140,6 +141,38 @@ class OrtEngine:
             raise FxcRuntimeError(f"onnxruntime failed: {type(e).__name__}: {e}") from e
         return _assemble(self.lowered, [torch.from_numpy(np.asarray(o)).to(self.device)
                                         for o in outs])
+
+
+class Binding:
+    """An IOBinding bound through ONNX Runtime's C-level binding with one device object made
+    once: the public wrapper rebuilds an OrtDevice and re-checks capture pinning on every
+    bind, ~5 us each, which is most of a small model's per-call overhead. Where this
+    onnxruntime lacks those internals (`_iobinding`, `_sess`), the public calls are used."""
+
+    def __init__(self, session, device_type: str, device_id: int):
+        import onnxruntime as ort
+        self.public = session.io_binding()
+        self.session, self.device = session, (device_type, device_id)
+        try:
+            self.c_device = ort.OrtDevice.make(device_type, device_id)._get_c_device()
+            self.c_binding, self.c_session = self.public._iobinding, session._sess
+        except AttributeError:  # pragma: no cover - an onnxruntime without these internals
+            self.c_binding = None
+
+    def bind_input(self, name: str, dtype, shape: tuple, ptr: int) -> None:
+        if self.c_binding is None:  # pragma: no cover
+            return self.public.bind_input(name, *self.device, dtype, shape, ptr)
+        self.c_binding.bind_input(name, self.c_device, dtype, shape, ptr)
+
+    def bind_output(self, name: str, dtype, shape: tuple, ptr: int) -> None:
+        if self.c_binding is None:  # pragma: no cover
+            return self.public.bind_output(name, *self.device, dtype, shape, ptr)
+        self.c_binding.bind_output(name, self.c_device, dtype, shape, ptr)
+
+    def run(self) -> None:
+        if self.c_binding is None:  # pragma: no cover
+            return self.session.run_with_iobinding(self.public)
+        self.c_session.run_with_iobinding(self.c_binding, None)
 
 
 def _output_specs(lowered) -> list[tuple[torch.dtype, tuple, bool]]:

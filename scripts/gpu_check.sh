@@ -25,8 +25,9 @@ for step in $steps; do
                --backends torch --isolate --iters 200 --out "$OUT" --tag h100_fp16_transformers 2>&1 | tee "$OUT/bench_tf.log" ;;
     nodes)   timeout 90 python3 scripts/node_counts.py --device cuda --precision fp16 --size base \
                --out "$OUT/h100_node_counts_fp16.md" ;;
-    ablate)  timeout 300 python3 -m fxc bench --model resnet50@1,bert@1 --precision fp16 --backends torch \
-               --iters 200 --ablate fusion,cast_precision,fuse_attention+merge_parallel_linear,fuse_conv,fuse_add_norm,layout \
+    ablate)  # each pass left out in turn, plus every pass left out (the share-of-gain baseline)
+             timeout ${ABLATE_S:-380} python3 -m fxc bench --model ${ABLATE_MODELS:-resnet50@1,bert@1} --precision fp16 \
+               --backends torch --iters 200 --ablate ${ABLATE:-each} \
                --out "$OUT" --tag h100_fp16_ablation 2>&1 | tee "$OUT/ablation.log" ;;
   esac
 done
