@@ -27,7 +27,7 @@ for step in $steps; do
                --out "$OUT/h100_node_counts_fp16.md" ;;
     ablate)  # each pass left out in turn, plus every pass left out (the share-of-gain baseline)
              timeout ${ABLATE_S:-380} python3 -m fxc bench --model ${ABLATE_MODELS:-resnet50@1,bert@1} --precision fp16 \
-               --backends torch --iters 200 --ablate ${ABLATE:-each} \
+               --backends torch --iters 200 --ablate ${ABLATE:-each} --isolate \
                --out "$OUT" --tag h100_fp16_ablation 2>&1 | tee "$OUT/ablation.log" ;;
   esac
 done

@@ -44,6 +44,7 @@ def section() -> str:
                 best = min(mine, key=lambda r: r["median_ms"])
                 peer = min(peers, key=lambda r: r["median_ms"])
                 ratio = f"{peer['median_ms'] / best['median_ms']:.2f}x vs {peer['runner']}"
+                ratio += _paired(peer, best)
                 err = f"{best['rel_err']:.1e}"
                 mem = _memory(group)
             out.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells)
@@ -51,6 +52,17 @@ def section() -> str:
         out.append("")
     out += ablations()
     return "\n".join(out)
+
+
+def _paired(peer: dict, best: dict) -> str:
+    """CPU runs keep each interleaved round's median: the same ratio taken round by round
+    (median, interquartile range), which a shared machine's load drift moves far less."""
+    from fxc.bench import Row, paired_ratio
+    got = paired_ratio(Row(**peer), Row(**best))
+    if got is None:
+        return ""
+    mid, lo, hi = got
+    return f"; round by round {mid:.2f}x (IQR {lo:.2f}-{hi:.2f})"
 
 
 def _where(m: dict) -> str:
