@@ -2,7 +2,7 @@
 call and the costliest kernels (torch.profiler over the step loop, CUDA graphs off), next to
 the latency of the graph-replayed module. Compares fxc with torch.compile when asked.
 
-  python3 scripts/gpu_kernels.py MODEL BATCH [--tc] [fxc option=value ...]
+  python3 scripts/gpu_kernels.py MODEL BATCH [--tc] [--eager] [fxc option=value ...]
 """
 import sys
 from collections import defaultdict
@@ -59,6 +59,10 @@ def main():
                       cuda_graphs=False, **opts)
     print(f"fxc step loop: {timing.measure(nog, sets, device=dev, iters=50)}")
     kernel_table(nog, example, label=f"fxc {name} b{batch}")
+    if "--eager" in rest:
+        f = bench._eager(model, "fp16", dev)
+        print(f"eager fp16: {timing.measure(f, sets, device=dev, iters=50)}")
+        kernel_table(f, example, label=f"eager fp16 {name} b{batch}")
     if tc:
         f = bench._torch_compile(model, "fp16", dev, None)
         print(f"torch.compile default: {timing.measure(f, sets, device=dev, iters=50)}")
