@@ -139,9 +139,9 @@ def build_engine(lowered, options, device_index: int = 0) -> bytes:
 
 def _parse(parser, lowered, workdir: str) -> None:
     """Parse the model (through a file when it must carry external data)."""
-    from .onnx_export import PROTOBUF_LIMIT, save
+    from .onnx_export import PROTOBUF_LIMIT, model_bytes, save
     model = lowered.model
-    if model.ByteSize() < PROTOBUF_LIMIT:
+    if model_bytes(model) < PROTOBUF_LIMIT:
         ok = parser.parse(model.SerializeToString())
     else:
         path = os.path.join(workdir, "parse-" + graph_hash(model)[:16] + ".onnx")

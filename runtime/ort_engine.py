@@ -208,11 +208,12 @@ def _session(lowered, so, providers, model_path, external_threshold):
     import onnxruntime as ort
 
     from fxc.lowering import save
+    from fxc.lowering.onnx_export import model_bytes
     model = lowered.model
     try:
         if model_path is not None:
             return ort.InferenceSession(model_path, so, providers=providers)
-        if model.ByteSize() < min(external_threshold, 2**31 - 1):
+        if model_bytes(model) < min(external_threshold, 2**31 - 1):
             return ort.InferenceSession(model.SerializeToString(), so, providers=providers)
         with tempfile.TemporaryDirectory(prefix="fxc-ort-") as d:
             path = os.path.join(d, "model.onnx")

@@ -255,3 +255,27 @@ def test_later_opsets_lower_and_run(opset):
 def test_unknown_opsets_are_refused():
     with pytest.raises(fxc.FxcOptionError, match="opset=16"):
         lowered_of(Block(), torch.randn(1, 3, 8, 8), opset=16)
+
+
+def test_model_bytes_bounds_the_serialized_size():
+    """model_bytes (read from the payload lengths, not ByteSize's full walk) never falls under
+    the real size, and over-counts by little more than its fixed margin."""
+    for model, x in [(Block(), torch.randn(1, 3, 8, 8)), (nn.Linear(4, 300), torch.randn(2, 4))]:
+        m = lowered_of(model, x).model
+        real = m.ByteSize()
+        assert real <= onnx_export.model_bytes(m) <= real + (1 << 20) + 256 * len(m.graph.initializer)
+
+
+def test_a_model_over_the_protobuf_limit_is_still_checked(monkeypatch):
+    """Over 2 GB the checker runs on a copy written with external data; it is never skipped."""
+    model = lowered_of(Block(), torch.randn(1, 3, 8, 8)).model
+    seen = []
+    real = onnx.checker.check_model
+
+    def spy(m, full_check=False):
+        seen.append(m)
+        return real(m, full_check=full_check)
+    monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT", 1024)
+    monkeypatch.setattr(onnx.checker, "check_model", spy)
+    check_model(model)
+    assert len(seen) == 1 and isinstance(seen[0], str) and seen[0].endswith("model.onnx")
