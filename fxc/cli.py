@@ -207,6 +207,15 @@ def bench_jobs(spec: str, default_batches: str) -> list[tuple[str, int]]:
     return jobs
 
 
+def progress_line(done: int, total: int, what: str, elapsed_s: float, width: int = 20) -> str:
+    """'[#####---------------] 1/4 0m12s resnet50 b1: building fxc_torch': the bar counts the
+    (model, batch) jobs finished; padded so a shorter line overwrites a longer one."""
+    filled = round(width * done / max(1, total))
+    bar = "#" * filled + "-" * (width - filled)
+    m, sec = divmod(int(elapsed_s), 60)
+    return f"[{bar}] {done}/{total} {m}m{sec:02d}s {what:<56}"
+
+
 def cmd_bench(args) -> int:
     from . import bench
 
@@ -218,9 +227,11 @@ def cmd_bench(args) -> int:
     tag = args.tag or f"{device.type}_{args.precision}_{'-'.join(dict.fromkeys(m for m, _ in jobs))}"
     print(f"fxc bench on {_device_name(device)}, precision={args.precision}, "
           f"fxc backends={backends}, torch {torch.__version__}", flush=True)
+    t_start = time.perf_counter()
     for i, (m, b) in enumerate(jobs, 1):
-        progress = lambda what, i=i: print(f"\r[{i}/{len(jobs)}] {what:<60}", end="",  # noqa: E731
-                                           file=sys.stderr, flush=True)
+        progress = lambda what, i=i: print(  # noqa: E731
+            "\r" + progress_line(i - 1, len(jobs), what, time.perf_counter() - t_start),
+            end="", file=sys.stderr, flush=True)
         if args.isolate:
             progress(f"{m} b{b}: in a child process")
             got, abl = bench.run_isolated(m, b, args, backends)
@@ -237,7 +248,8 @@ def cmd_bench(args) -> int:
         if args.out:  # written after every model, so a run cut short keeps what it measured
             bench.write_results(rows, args.out, tag, {"size": args.size, "ablation": ablations},
                                 plots=False)
-    print(file=sys.stderr)
+    print("\r" + progress_line(len(jobs), len(jobs), "done", time.perf_counter() - t_start),
+          file=sys.stderr)
     print(bench.table(rows))
     for key, abl in ablations.items():
         print(f"\nablation {key}: each pass set left out in turn; d = change against all passes "

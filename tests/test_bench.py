@@ -139,3 +139,13 @@ def test_perf_readme_writes_ablation_tables(tmp_path, monkeypatch):
     assert "| broken | failed: RuntimeError: no kernel \\| here |" in text
     assert "ablation/b_old.json: bert batch 8**" in text and "no share columns" in text
     assert "| fuse_x | 2.000 | +1.000 | 1.0 | +0.0 | 2.0e-03 | +1.0e-03 | 12 |" in text
+
+
+def test_progress_line_is_a_bar_over_jobs(capsys):
+    from fxc.cli import progress_line
+    line = progress_line(1, 4, "resnet50 b1: building fxc_torch", 72.4, width=8)
+    assert line.startswith("[##------] 1/4 1m12s resnet50 b1: building fxc_torch")
+    assert progress_line(4, 4, "done", 0).startswith("[" + "#" * 20 + "] 4/4")
+    assert main(["bench", "--model", "mlp", "--size", "tiny", "--iters", "3",
+                 "--backends", "torch"]) == 0
+    assert "[--------------------] 0/1" in capsys.readouterr().err
