@@ -28,11 +28,13 @@ class CompiledModule:
     def __init__(self, engine, checker, out_spec, graph: fx.GraphModule,
                  report: CompileReport, options: CompileOptions):
         self.engine, self.checker, self.out_spec = engine, checker, out_spec
+        # An engine that runs no torch ops (ONNX Runtime) needs no no_grad around each call.
+        self._grad_free = not getattr(engine, "runs_torch_ops", True)
         self.graph, self._report, self.options = graph, report, options
 
     def __call__(self, *args, **kwargs):
         flat = self.checker.flatten(args, kwargs)
-        if not getattr(self.engine, "runs_torch_ops", True):  # ONNX Runtime: autograd unused
+        if self._grad_free:
             outs = self.engine.run(flat)
         else:
             with torch.no_grad():

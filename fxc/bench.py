@@ -389,16 +389,18 @@ def ablation_shares(rows: list[dict]) -> list[dict]:
     missing, come back unchanged."""
     ok = {r["without"]: r for r in rows if not r.get("error")}
     full, every = ok.get("(none)"), ok.get("(all)")
+    measures = (("median_ms", "d_ms", "ms_share"), ("arena_bytes", "d_arena_bytes", "arena_share"),
+                ("rel_err", "d_rel_err", None))
+    gains = {key: _delta(every, full, key) if every is not None and full is not None else None
+             for key, _, _ in measures}
     out = []
     for r in rows:
         r = dict(r)
         if full is not None and not r.get("error"):
-            for key, d_key, share_key in (("median_ms", "d_ms", "ms_share"),
-                                          ("arena_bytes", "d_arena_bytes", "arena_share"),
-                                          ("rel_err", "d_rel_err", None)):
+            for key, d_key, share_key in measures:
                 r[d_key] = _delta(r, full, key)
                 if share_key:
-                    gain = _delta(every, full, key) if every is not None else None
+                    gain = gains[key]
                     r[share_key] = r[d_key] / gain if gain and r[d_key] is not None else None
         out.append(r)
     return out

@@ -135,3 +135,32 @@ class AtenGraph:
         gm = fx.GraphModule(self.root, self.graph)
         ir.infer_meta(gm)
         return gm
+
+
+def bitwise(a, b):
+    """The pass must leave the numbers exactly as they were (same ops, same order)."""
+    assert a.dtype == b.dtype and torch.equal(a, b), "not bitwise the graph before"
+
+
+def close_nan(a, b):
+    torch.testing.assert_close(a, b, equal_nan=True)
+
+
+def run_checked(pass_mod, gm, inputs, c, compare):
+    """Run `pass_mod` on `gm` with context `c`; lint; `compare(after, before)` each output with
+    the graph before; then run it again: a second run rewrites nothing and leaves the code as it
+    was (idempotence). Returns (result, before, after)."""
+    from fxc import ir
+    name = pass_mod.__name__.rsplit(".", 1)[-1]
+    before = outputs(gm, inputs)
+    result = pass_mod.run(gm, c)
+    gm.recompile()
+    ir.lint(gm, name)
+    after = outputs(gm, inputs)
+    for a, b in zip(after, before, strict=True):
+        compare(a, b)
+    code = gm.code
+    again = pass_mod.run(gm, c)
+    gm.recompile()
+    assert again.rewrites == 0 and gm.code == code, f"{name} is not idempotent"
+    return result, before, after

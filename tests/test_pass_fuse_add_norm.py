@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 
 import fxc
-from fxc import ir
 from fxc.capture import capture
 from fxc.options import CompileOptions
 from fxc.passes import PassContext, fuse_add_norm
 from fxc.testing import graphs, plant_add_layer_norm
-from passkit import count, outputs
+import passkit  # noqa: E402
+from passkit import count
 
 aten = torch.ops.aten
 FUSED = torch.ops.fxc.add_layer_norm.default
@@ -33,16 +33,9 @@ def cuda_ctx(backend="torch"):
 
 
 def run_checked(gm, inputs, c=None):
-    c = c or cuda_ctx()
-    before = outputs(gm, inputs)
-    result = fuse_add_norm.run(gm, c)
-    gm.recompile()
-    ir.lint(gm, "fuse_add_norm")
-    for a, b in zip(outputs(gm, inputs), before, strict=True):
+    def bitwise(a, b):
         assert torch.equal(a, b), "not bitwise the graph before (the reference is the same ops)"
-    code = gm.code
-    assert fuse_add_norm.run(gm, c).rewrites == 0 and gm.code == code, "not idempotent"
-    return result
+    return passkit.run_checked(fuse_add_norm, gm, inputs, c or cuda_ctx(), bitwise)[0]
 
 
 class PostLN(nn.Module):  # BERT: y = LN(x + f(x)); only y is read

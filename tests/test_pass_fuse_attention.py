@@ -21,11 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fxc
-from fxc import ir
 from fxc.capture import capture
 from fxc.models import bert, get, gpt2, llama
 from fxc.passes import fuse_attention
 from fxc.testing import OPS, OpRejected, OpSpec, graphs
+import passkit  # noqa: E402
 from passkit import AtenGraph, ctx, count, outputs, captured, many  # noqa: E402
 
 aten = torch.ops.aten
@@ -39,17 +39,7 @@ def sdpas(gm):
 
 def run_checked(gm, inputs):
     """Run the pass; check lint, numbers against the graph before, idempotence."""
-    before = outputs(gm, inputs)
-    result = fuse_attention.run(gm, ctx())
-    gm.recompile()
-    ir.lint(gm, "fuse_attention")
-    for a, b in zip(outputs(gm, inputs), before, strict=True):
-        torch.testing.assert_close(a, b, equal_nan=True)
-    code = gm.code
-    again = fuse_attention.run(gm, ctx())
-    gm.recompile()
-    assert again.rewrites == 0 and gm.code == code, "fuse_attention is not idempotent"
-    return result
+    return passkit.run_checked(fuse_attention, gm, inputs, ctx(), passkit.close_nan)[0]
 
 
 # -- hand-written attention blocks -----------------------------------------------------------

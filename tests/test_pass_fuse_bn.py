@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fxc import ir
 from fxc.capture import capture
 from fxc.models import resnet
 from fxc.passes import fuse_bn
@@ -44,17 +43,7 @@ def close(after, before):
 
 def run_checked(gm, inputs):
     """Run fuse_bn; check lint, numbers and idempotence; return (result, before, after)."""
-    before = outputs(gm, inputs)
-    result = fuse_bn.run(gm, ctx())
-    gm.recompile()
-    ir.lint(gm, "fuse_bn")
-    after = outputs(gm, inputs)
-    close(after, before)
-    code = gm.code
-    again = fuse_bn.run(gm, ctx())
-    gm.recompile()
-    assert again.rewrites == 0 and gm.code == code, "fuse_bn is not idempotent"
-    return result, before, after
+    return passkit.run_checked(fuse_bn, gm, inputs, ctx(), lambda a, b: close([a], [b]))
 
 
 def randomize_bn_(model):

@@ -24,6 +24,7 @@ from fxc.models import get, resnet
 from fxc.passes import fuse_bn, fuse_conv
 from fxc.testing import FLOATS, graphs
 from test_pass_fuse_bn import AtenGraph  # noqa: E402  (the drawn graphs' builder)
+import passkit  # noqa: E402
 from passkit import ctx, count, outputs  # noqa: E402
 
 aten = torch.ops.aten
@@ -34,17 +35,7 @@ ACT_OPS = {aten.relu.default, aten.hardtanh.default, aten.silu.default, aten.gel
 
 def run_checked(gm, inputs, p=fuse_conv):
     """Run the pass; check lint, bitwise numbers and idempotence; return its result."""
-    before = outputs(gm, inputs)
-    result = p.run(gm, ctx())
-    gm.recompile()
-    ir.lint(gm, p.__name__)
-    for a, b in zip(outputs(gm, inputs), before, strict=True):
-        assert a.dtype == b.dtype and torch.equal(a, b), "not bitwise the graph before"
-    code = gm.code
-    again = p.run(gm, ctx())
-    gm.recompile()
-    assert again.rewrites == 0 and gm.code == code, f"{p.__name__} is not idempotent"
-    return result
+    return passkit.run_checked(p, gm, inputs, ctx(), passkit.bitwise)[0]
 
 
 def captured(model, *inputs, fold_bn=False):

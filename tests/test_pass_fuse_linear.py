@@ -20,6 +20,7 @@ from fxc.models import get
 from fxc.passes import fuse_linear
 from fxc.testing import FLOATS, graphs, plant_linear_relu
 from test_pass_fuse_bn import AtenGraph  # noqa: E402  (the drawn graphs' builder)
+import passkit  # noqa: E402
 from passkit import ctx, count, outputs  # noqa: E402
 
 aten = torch.ops.aten
@@ -27,17 +28,7 @@ LINEAR_ACT = torch.ops.fxc.linear_act.default
 
 
 def run_checked(gm, inputs):
-    before = outputs(gm, inputs)
-    result = fuse_linear.run(gm, ctx())
-    gm.recompile()
-    ir.lint(gm, "fuse_linear")
-    for a, b in zip(outputs(gm, inputs), before, strict=True):
-        assert a.dtype == b.dtype and torch.equal(a, b), "not bitwise the graph before"
-    code = gm.code
-    again = fuse_linear.run(gm, ctx())
-    gm.recompile()
-    assert again.rewrites == 0 and gm.code == code, "fuse_linear is not idempotent"
-    return result
+    return passkit.run_checked(fuse_linear, gm, inputs, ctx(), passkit.bitwise)[0]
 
 
 def acts_of(gm):

@@ -22,6 +22,7 @@ from fxc.capture import capture
 from fxc.models import bert, get, llama
 from fxc.passes import fuse_attention, fuse_linear, merge_parallel_linear
 from fxc.testing import graphs
+import passkit  # noqa: E402
 from passkit import AtenGraph, Many, ctx, count, outputs, captured, many  # noqa: E402
 
 aten = torch.ops.aten
@@ -31,17 +32,8 @@ LINEAR, SPLIT = aten.linear.default, aten.split_with_sizes.default
 def run_checked(gm, inputs, c=None):
     """Run the pass; check lint, numbers against the graph before, idempotence, and that every
     get_attr still names a buffer of the module."""
-    c = c or ctx()
-    before = outputs(gm, inputs)
-    result = merge_parallel_linear.run(gm, c)
-    gm.recompile()
-    ir.lint(gm, "merge_parallel_linear")
-    for a, b in zip(outputs(gm, inputs), before, strict=True):
-        torch.testing.assert_close(a, b)
-    code = gm.code
-    again = merge_parallel_linear.run(gm, c)
-    gm.recompile()
-    assert again.rewrites == 0 and gm.code == code, "merge_parallel_linear is not idempotent"
+    result = passkit.run_checked(merge_parallel_linear, gm, inputs, c or ctx(),
+                                 torch.testing.assert_close)[0]
     buffers = dict(gm.named_buffers())
     for n in gm.graph.nodes:
         if n.op == "get_attr":

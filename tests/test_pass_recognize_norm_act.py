@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fxc import ir
 from fxc.capture import capture
 from fxc.passes import recognize_norm_act
 from fxc.testing import OPS, OpRejected, OpSpec, graphs
 from fxc.testing.ops import c_layer_norm
+import passkit  # noqa: E402
 from passkit import AtenGraph, ctx, count, outputs, captured, many  # noqa: E402
 
 aten = torch.ops.aten
@@ -36,17 +36,7 @@ def fused(gm):
 
 def run_checked(gm, inputs):
     """Run the pass; check lint, numbers against the graph before, idempotence."""
-    before = outputs(gm, inputs)
-    result = recognize_norm_act.run(gm, ctx())
-    gm.recompile()
-    ir.lint(gm, "recognize_norm_act")
-    for a, b in zip(outputs(gm, inputs), before, strict=True):
-        torch.testing.assert_close(a, b, equal_nan=True)
-    code = gm.code
-    again = recognize_norm_act.run(gm, ctx())
-    gm.recompile()
-    assert again.rewrites == 0 and gm.code == code, "recognize_norm_act is not idempotent"
-    return result
+    return passkit.run_checked(recognize_norm_act, gm, inputs, ctx(), passkit.close_nan)[0]
 
 
 # -- hand-written models ---------------------------------------------------------------------
