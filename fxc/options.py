@@ -34,6 +34,10 @@ class CompileOptions:
     # CUDA, fp16/bf16: an exact GELU fused after a linear runs as the tanh form in the cuBLASLt
     # epilogue (|difference| <= 4.7e-4, under half's rounding of such values). False: exact.
     gelu_epilogue: bool = True
+    # Generated Triton kernels for pointwise/row regions (passes/fuse_regions.py): None: on CUDA
+    # with fxc's torch runtime; True: on any device (CPU runs Triton's interpreter when
+    # TRITON_INTERPRET=1, else the op's reference); False: off.
+    generated_kernels: bool | None = None
     # Torch backend runtime (runtime/torch_engine.py, passes/memory_plan.py):
     plan_memory: bool = True          # intermediates with a real out= kernel go in one arena
     planner: str = "best"             # arena order: 'best' (try all) or a memory_plan.ORDERS name

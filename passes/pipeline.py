@@ -4,7 +4,8 @@ Read top to bottom, this is what fxc does to a captured graph. Order matters: cl
 folding first, so patterns are visible; written-out norms/GELUs are recognised before the
 linear-epilogue fusion that needs a whole gelu; attention and the QKV merge come before
 fuse_linear (a merged QKV linear has no activation, so nothing is lost); precision last, so
-fused ops get half inputs; layout after that, over the final ops. Options pick entries through
+fused ops get half inputs; layout after that, over the final ops; generated kernels last, so
+they take what every pattern left and record the strides layout settled on. Options pick entries through
 each Pass's `when`; any pass can be switched off by name (`disable_passes=`).
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from . import dce
 from . import cse, fold_constants, noops
 from . import fuse_bn, fuse_conv, fuse_linear
 from . import fuse_attention, merge_parallel_linear, recognize_norm_act
-from . import align_gemm, cast_precision, fuse_add_norm, layout
+from . import align_gemm, cast_precision, fuse_add_norm, fuse_regions, layout
 from .manager import Pass
 
 PIPELINE: list[Pass] = [
@@ -35,6 +36,8 @@ PIPELINE: list[Pass] = [
          when=lambda o: o.device.type == "cuda"),
     Pass("layout", layout.run, numerics="lowp",  # channels-last convs where measured faster (layout.py: why lowp)
          when=lambda o: o.device.type == "cuda"),
+    Pass("fuse_regions", fuse_regions.run, numerics="lowp",  # what is left: pointwise/row regions -> generated Triton kernels
+         when=lambda o: o.generated_kernels or (o.device.type == "cuda" and o.generated_kernels is None)),
 ]
 
 
