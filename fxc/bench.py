@@ -10,6 +10,23 @@ default and reduce-overhead (GPU, --torch-compile), ort_export (CPU: ONNX Runtim
 torch.onnx.export writes) and fxc with each available backend; on CUDA also fxc_torch_zero_copy,
 fxc under the contract of the CUDA-graph peers (outputs are static buffers that the next call
 overwrites; by default fxc returns outputs the caller owns).
+
+Models: zoo names (`resnet50`) and garden names (`tv:convnext_tiny`, `hf:bert-base`: library
+models, fxc.models.garden), both through fxc.models.get; a model is built once per (model,
+batch) and shared by every runner.
+
+Kernels per call (GPU): the CUDA kernels one call launches, counted with torch.profiler over a
+few calls after the timing, never inside it; memcpy and memset are not kernels. A runner that
+replays a CUDA graph (eager_*_cudagraph, torch.compile_ro, fxc on the torch backend) is counted
+on its replay where the profiler shows the kernels inside the graph (CUPTI reports them one by
+one, tied to the graph's launch); where it does not, the row is counted on the same runner
+without its graph (the eager model, torch.compile default, fxc's step loop) and its
+kernels_how says so. A count that cannot be known is None, with the reason in kernels_how.
+
+Compile time: wall seconds from the module to the first result; for torch.compile that is its
+first call. Under --isolate each child gets an empty TORCHINDUCTOR_CACHE_DIR, so
+torch.compile's first call is a cold one, as a user's first compile is; without it the
+process's cache may be warm from an earlier run.
 """
 from __future__ import annotations
 
@@ -45,6 +62,8 @@ class Row:
     rel_err: float | None = None
     error: str | None = None
     round_ms: list[float] | None = None   # CPU: the median of each interleaved round, in order
+    kernels_per_call: float | None = None  # GPU: CUDA kernels one call launches (module doc)
+    kernels_how: str | None = None         # how they were counted, or why they cannot be
 
 
 def _cast_inputs(inputs: tuple, dtype: torch.dtype) -> tuple:
@@ -149,18 +168,22 @@ def available_backends(device: torch.device, precision: str) -> list[str]:
 def bench_one(name: str, size: str, batch: int, device: torch.device, precision: str,
               iters: int, with_torch_compile: bool, backends_: list[str],
               progress: Callable[[str], None] = lambda s: None,
-              tc_modes=("default", "reduce-overhead"), rounds: int | None = None) -> list[Row]:
-    """One row per runner. On GPU each runner is built, timed and freed in turn (its peak
-    memory is its own). On CPU all runners are built first and timed in `rounds` interleaved
-    rounds (default 5) of iters/rounds calls each, so the load of a shared machine drifting
-    during the run falls on every runner alike rather than on whichever ran then."""
-    from .models import get
-    model, example = get(name, size=size, batch=batch, seed=0)
-    example = tuple(x.to(device) for x in example)
-    sets = [tuple(x.to(device) for x in get(name, size=size, batch=batch, seed=s)[1])
-            for s in (0, 1, 2)]
-    with torch.no_grad():
-        refs = [model.to(device)(*s) for s in sets]
+              tc_modes=("default", "reduce-overhead"), rounds: int | None = None,
+              kernels: bool = True) -> list[Row]:
+    """One row per runner. On GPU each runner is built, timed, its kernels counted (`kernels`)
+    and freed in turn (its peak memory is its own). On CPU all runners are built first and
+    timed in `rounds` interleaved rounds (default 5) of iters/rounds calls each, so the load of
+    a shared machine drifting during the run falls on every runner alike rather than on
+    whichever ran then. A model that cannot be built is one '(model)' row with the error."""
+    try:
+        model, sets = _model(name, size, batch, device)
+        example = sets[0]
+        with torch.no_grad():
+            refs = [model.to(device)(*s) for s in sets]
+    except Exception as e:  # a garden model whose library is missing, an OOM: a row
+        row = Row(name, batch, "(model)")
+        _fail(row, e)
+        return [row]
     plan = runners(device, precision, with_torch_compile, backends_, tc_modes)
     rows = []
     if device.type == "cuda":
@@ -169,6 +192,10 @@ def bench_one(name: str, size: str, batch: int, device: torch.device, precision:
             row, fn = _build(name, batch, rname, build, model, example, sets, refs, device)
             if fn is not None:
                 _time(row, fn, sets, device, iters)
+                if kernels and not row.error:
+                    progress(f"{name} b{batch}: kernels of {rname}")
+                    row.kernels_per_call, row.kernels_how = timing.kernels_per_call(
+                        fn, sets, device, non_graph=_non_graph(rname, fn, rows))
             rows.append(row)
             del fn
             torch.cuda.empty_cache()
@@ -180,8 +207,50 @@ def bench_one(name: str, size: str, batch: int, device: torch.device, precision:
         progress(f"{name} b{batch}: timing {len(built)} runners interleaved")
         _time_interleaved(built, sets, device, iters, rounds or 5)
         rows = [row for row, _ in built]
+        for row, fn in built:
+            if kernels and fn is not None:
+                row.kernels_per_call, row.kernels_how = timing.kernels_per_call(fn, sets, device)
     model.cpu()
     return rows
+
+
+def _model(name: str, size: str, batch: int, device: torch.device):
+    """(model, 3 input sets on `device`), the model built once. Zoo models draw their sets from
+    seeds 0-2 (inputs only matter); a garden model (name with ':') may take many seconds to
+    build, so its other two sets are rotated from its example (timing.rotated_inputs)."""
+    from .models import get
+    model, example = get(name, size=size, batch=batch, seed=0)
+    if ":" in name:
+        sets = timing.rotated_inputs(tuple(example))
+    else:
+        sets = [example] + [get(name, size=size, batch=batch, seed=s)[1] for s in (1, 2)]
+    return model, [tuple(x.to(device) for x in s) for s in sets]
+
+
+def _non_graph(rname: str, fn, done: list[Row]):
+    """The runner without its CUDA graph, counted when the profiler cannot see inside a
+    replayed graph (timing.kernels_per_call): fxc's own step loop (what its graph captured),
+    or the row already measured of the peer that runs the same kernels without the graph."""
+    engine = getattr(fn, "engine", None)
+    if rname.startswith("fxc"):
+        if getattr(engine, "cuda_graph", None) is None or not hasattr(engine, "run_steps"):
+            return None
+        return "fxc's step loop (the steps its CUDA graph captured)", lambda *xs: _step_loop(fn, xs)
+    peer = "torch.compile" if rname == "torch.compile_ro" else (
+        rname[:-len("_cudagraph")] if rname.endswith("_cudagraph") else None)
+    if peer is None:
+        return None
+    got = next((r for r in done if r.runner == peer), None)
+    if got is None or got.kernels_per_call is None:
+        why = "not in this run" if got is None else (got.kernels_how or got.error or "no count")
+        return f"{peer} ({why})", None
+    return f"{peer}, the same kernels without the graph", got.kernels_per_call
+
+
+def _step_loop(compiled, xs: tuple):
+    engine = compiled.engine
+    flat = compiled.checker.flatten(xs, {})
+    return engine.run_steps([engine.stager.to_device(i, x) for i, x in enumerate(flat)])
 
 
 def _build(name, batch, rname, build, model, example, sets, refs, device):
@@ -277,35 +346,103 @@ def machine() -> dict:
 
 def table(rows: list[Row]) -> str:
     """Terminal table: one line a runner, with the speed-up over the best peer per model."""
-    hdr = (f"{'model':<14}{'batch':>6}  {'runner':<26}{'median ms':>10}{'p90':>9}{'p99':>9}"
-           f"{'compile s':>10}{'peak MB':>9}{'rel err':>10}")
+    w = max([14] + [len(r.model) + 1 for r in rows])  # garden names run long
+    hdr = (f"{'model':<{w}}{'batch':>6}  {'runner':<26}{'median ms':>10}{'p90':>9}{'p99':>9}"
+           f"{'compile s':>10}{'peak MB':>9}{'rel err':>10}{'kernels':>9}")
     lines = [hdr, "-" * len(hdr)]
     for r in rows:
         if r.error:
-            lines.append(f"{r.model:<14}{r.batch:>6}  {r.runner:<26}  failed: {r.error}")
+            lines.append(f"{r.model:<{w}}{r.batch:>6}  {r.runner:<26}  failed: {r.error}")
             continue
         mem = f"{r.peak_mem_mb:>9.1f}" if r.peak_mem_mb is not None else f"{'':>9}"
-        lines.append(f"{r.model:<14}{r.batch:>6}  {r.runner:<26}{r.median_ms:>10.3f}"
-                     f"{r.p90_ms:>9.3f}{r.p99_ms:>9.3f}{r.compile_s:>10.2f}{mem}{r.rel_err:>10.1e}")
-    lines += ["", "fxc vs the best peer (median; >1 means fxc is faster):"]
+        lines.append(f"{r.model:<{w}}{r.batch:>6}  {r.runner:<26}{r.median_ms:>10.3f}"
+                     f"{r.p90_ms:>9.3f}{r.p99_ms:>9.3f}{r.compile_s:>10.2f}{mem}{r.rel_err:>10.1e}"
+                     f"{kernels_cell(r.kernels_per_call, r.kernels_how):>9}")
+    lines += ["", "fxc vs the best peer (median; >1 means fxc is faster), kernels per call, "
+              "relative error against eager FP32 and compile time (s, module to first result):"]
     lines += [f"  {line}" for line in ratios(rows)]
+    notes = [f"  {r.model} b{r.batch} {r.runner}: {r.kernels_how}" for r in rows
+             if r.kernels_how and not r.kernels_how.startswith(timing.NO_CUDA)
+             and (r.kernels_per_call is None or r.kernels_how.startswith("counted on"))]
+    if notes:
+        lines += ["", "kernels per call: * counted on the runner without its CUDA graph; "
+                  "empty: not known"] + notes
     return "\n".join(lines)
+
+
+def kernels_cell(count: float | None, how: str | None) -> str:
+    """'212', '212.4' (varies between calls), '212*' (counted on the runner without its CUDA
+    graph: the profiler showed none of the graph's kernels) or '' (unknown: see kernels_how)."""
+    if count is None:
+        return ""
+    text = f"{count:.0f}" if float(count).is_integer() else f"{count:.1f}"
+    return text + ("*" if how and how.startswith("counted on") else "")
+
+
+def _is_fxc(r: Row) -> bool:
+    return r.runner.startswith("fxc")
+
+
+def summary(rows: list[Row]) -> list[dict]:
+    """Per (model, batch), in run order, what the issue's goals compare: the fastest fxc runner
+    against the fastest peer (speedup: peer ms / fxc ms, and against torch.compile_ro), their
+    kernels per call, fxc's relative error against eager FP16's own (eager_<precision>: err_ratio,
+    goal <= 1.5) and fxc's compile time against torch.compile's first call (default mode, the
+    first compile of the process; reduce-overhead's where default did not run)."""
+    out = []
+    for key in dict.fromkeys((r.model, r.batch) for r in rows):
+        group = [r for r in rows if (r.model, r.batch) == key]
+        timed = [r for r in group if r.median_ms]
+        mine = [r for r in timed if _is_fxc(r)]
+        peers = [r for r in timed if not _is_fxc(r)]
+        if not mine or not peers:
+            continue
+        best = min(mine, key=lambda r: r.median_ms)
+        peer = min(peers, key=lambda r: r.median_ms)
+        by = {r.runner: r for r in timed}
+        half = next((r for r in timed if r.runner.startswith("eager_") and r.runner != "eager_fp32"
+                     and not r.runner.endswith("_cudagraph")), None)
+        tc = by.get("torch.compile") or by.get("torch.compile_ro")
+        ro = by.get("torch.compile_ro")
+        ratio = lambda a, b: a / b if a is not None and b else None  # noqa: E731
+        out.append(dict(
+            model=key[0], batch=key[1], fxc=best.runner, fxc_ms=best.median_ms,
+            peer=peer.runner, peer_ms=peer.median_ms, speedup=peer.median_ms / best.median_ms,
+            speedup_vs_tc_ro=ratio(ro.median_ms, best.median_ms) if ro else None,
+            fxc_kernels=best.kernels_per_call, fxc_kernels_how=best.kernels_how,
+            peer_kernels=peer.kernels_per_call, peer_kernels_how=peer.kernels_how,
+            fxc_rel_err=best.rel_err, eager_half=half.runner if half else None,
+            eager_half_rel_err=half.rel_err if half else None,
+            err_ratio=ratio(best.rel_err, half.rel_err) if half else None,
+            fxc_compile_s=best.compile_s, tc=tc.runner if tc else None,
+            tc_compile_s=tc.compile_s if tc else None,
+            compile_ratio=ratio(best.compile_s, tc.compile_s) if tc else None))
+    return out
 
 
 def ratios(rows: list[Row]) -> list[str]:
     out = []
-    for key in sorted({(r.model, r.batch) for r in rows}, key=lambda k: (k[0], k[1])):
-        group = [r for r in rows if (r.model, r.batch) == key and r.median_ms]
-        peers = [r for r in group if not r.runner.startswith("fxc")]
-        mine = [r for r in group if r.runner.startswith("fxc")]
-        if not peers or not mine:
-            continue
-        best_peer = min(peers, key=lambda r: r.median_ms)
-        best = min(mine, key=lambda r: r.median_ms)
-        out.append(f"{key[0]} b{key[1]}: {best.runner} {best.median_ms:.3f} ms vs "
-                   f"{best_peer.runner} {best_peer.median_ms:.3f} ms = "
-                   f"{best_peer.median_ms / best.median_ms:.2f}x")
+    for s in summary(rows):
+        line = (f"{s['model']} b{s['batch']}: {s['fxc']} {s['fxc_ms']:.3f} ms vs "
+                f"{s['peer']} {s['peer_ms']:.3f} ms = {s['speedup']:.2f}x")
+        if s["fxc_kernels"] is not None or s["peer_kernels"] is not None:
+            line += (f"; kernels {kernels_cell(s['fxc_kernels'], s['fxc_kernels_how']) or '?'} vs "
+                     f"{kernels_cell(s['peer_kernels'], s['peer_kernels_how']) or '?'}")
+        if s["err_ratio"] is not None:
+            line += (f"; rel err {s['fxc_rel_err']:.1e} vs {s['eager_half']} "
+                     f"{s['eager_half_rel_err']:.1e} ({s['err_ratio']:.2f}x)")
+        if s["compile_ratio"] is not None:
+            line += (f"; compile {s['fxc_compile_s']:.1f} s vs {s['tc']} first call "
+                     f"{s['tc_compile_s']:.1f} s")
+        out.append(line)
     return out
+
+
+def geomean(xs) -> float | None:
+    """Geometric mean of the positive numbers in xs (None where there are none)."""
+    import math
+    xs = [x for x in xs if x is not None and x > 0]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
 
 
 FUSION = ("fuse_bn", "fuse_conv", "fuse_linear", "fuse_attention", "merge_parallel_linear",
@@ -457,7 +594,13 @@ def run_isolated(name: str, batch: int, args, backends_: list[str]) -> tuple[lis
         cmd += ["--device", args.device] if args.device else []
         cmd += ["--torch-compile"] if args.torch_compile else []
         cmd += ["--ablate", args.ablate] if args.ablate is not None else []
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        cmd += [] if getattr(args, "kernels", True) else ["--no-kernels"]
+        # torch.compile's first call, cold as a user's first compile: an empty Inductor cache
+        # per child (Triton's lives in it). Always: Inductor writes its default directory into
+        # os.environ once it has run in this process, so a user's choice cannot be told apart.
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_CACHE_DIR"}
+        env["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tmp, "inductor")
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         path = os.path.join(tmp, "child.json")
         data = json.load(open(path)) if os.path.exists(path) else {"rows": []}
     rows = [Row(**r) for r in data["rows"]]
@@ -475,7 +618,7 @@ def write_results(rows: list[Row], out_dir: str, tag: str, extra: dict | None = 
     path = os.path.join(out_dir, f"{tag}.json")
     with open(path, "w") as f:
         json.dump({"machine": machine(), "rows": [dataclasses.asdict(r) for r in rows],
-                   **(extra or {})}, f, indent=1)
+                   "summary": summary(rows), **(extra or {})}, f, indent=1)
     if plots:
         plot(rows, os.path.join(out_dir, f"{tag}"))
     return path

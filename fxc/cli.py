@@ -194,17 +194,37 @@ def load_module(spec: str, input_shapes: str | None):
 
 
 def bench_jobs(spec: str, default_batches: str) -> list[tuple[str, int]]:
-    """'resnet50@1+32,bert' -> [(resnet50, 1), (resnet50, 32), (bert, b) for b in --batch]."""
+    """'resnet50@1+32,hf:bert-base,tv:swin_t@8' -> [(resnet50, 1), (resnet50, 32),
+    (hf:bert-base, b) for b in --batch, (tv:swin_t, 8)]. Garden names hold a ':' (library:model),
+    never '@', ',' or '+', so the split on those is unambiguous; empty items are skipped."""
     jobs = []
-    for item in spec.split(","):
-        name, _, batches = item.partition("@")
+    for item in (i.strip() for i in spec.split(",")):
+        if not item:
+            continue
+        name, at, batches = item.partition("@")
+        name = name.strip()
+        if not name or name.startswith(":") or name.endswith(":") or (at and not batches):
+            raise FxcOptionError(f"--model {item!r}: expected NAME or NAME@B1+B2 (a zoo name "
+                                 f"such as resnet50, or a garden name such as hf:bert-base)")
         for b in (batches.replace("+", ",") or default_batches).split(","):
             try:
-                jobs.append((name.strip(), int(b)))
+                batch = int(b)
             except ValueError:
-                raise FxcOptionError(f"--model {item!r}: batch {b!r} is not an integer "
+                batch = 0
+            if batch < 1:
+                raise FxcOptionError(f"--model {item!r}: batch {b!r} is not a positive integer "
                                      f"(expected NAME or NAME@B1+B2)") from None
+            jobs.append((name, batch))
+    if not jobs:
+        raise FxcOptionError(f"--model {spec!r}: no model named")
     return jobs
+
+
+def results_tag(device: torch.device, precision: str, jobs: list[tuple[str, int]]) -> str:
+    """Default results file name: cuda_fp16_resnet50-hf_bert-base (':' and '/' made '_')."""
+    import re
+    models = "-".join(dict.fromkeys(m for m, _ in jobs))
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{device.type}_{precision}_{models}")
 
 
 def progress_line(done: int, total: int, what: str, elapsed_s: float, width: int = 20) -> str:
@@ -224,7 +244,7 @@ def cmd_bench(args) -> int:
         device, args.precision)
     jobs = bench_jobs(args.model, args.batch)
     rows, ablations = [], {}
-    tag = args.tag or f"{device.type}_{args.precision}_{'-'.join(dict.fromkeys(m for m, _ in jobs))}"
+    tag = args.tag or results_tag(device, args.precision, jobs)
     print(f"fxc bench on {_device_name(device)}, precision={args.precision}, "
           f"fxc backends={backends}, torch {torch.__version__}", flush=True)
     t_start = time.perf_counter()
@@ -240,14 +260,14 @@ def cmd_bench(args) -> int:
         else:
             rows += bench.bench_one(m, args.size, b, device, args.precision, args.iters,
                                     args.torch_compile, backends, progress,
-                                    tc_modes=args.tc_modes.split(","), rounds=args.rounds)
+                                    tc_modes=args.tc_modes.split(","), rounds=args.rounds,
+                                    kernels=args.kernels)
             if args.ablate is not None:
                 progress(f"{m} b{b}: ablation")
                 ablations[f"{m}_b{b}"] = bench.ablate(m, args.size, b, device, args.precision,
                                                       args.iters, bench.ablation_sets(args.ablate))
         if args.out:  # written after every model, so a run cut short keeps what it measured
-            bench.write_results(rows, args.out, tag, {"size": args.size, "ablation": ablations},
-                                plots=False)
+            bench.write_results(rows, args.out, tag, _extra(args, ablations), plots=False)
     print("\r" + progress_line(len(jobs), len(jobs), "done", time.perf_counter() - t_start),
           file=sys.stderr)
     print(bench.table(rows))
@@ -256,10 +276,17 @@ def cmd_bench(args) -> int:
               f"on, (none); share of gain = d / ((all) - (none)):")
         print(bench.ablation_table(abl))
     if args.out:
-        path = bench.write_results(rows, args.out, tag, {"ablation": ablations,
-                                                         "size": args.size})
+        path = bench.write_results(rows, args.out, tag, _extra(args, ablations))
         print(f"\nresults: {path} and PNG plots beside it (if matplotlib is installed)")
     return 0
+
+
+def _extra(args, ablations: dict) -> dict:
+    """What a results file records beside its rows: the size, ablations, and the Inductor
+    cache torch.compile's first call found (bench.run_isolated gives each child an empty one)."""
+    how = ("cold: an empty one per (model, batch) child" if args.isolate
+           else "the process's, maybe warm from an earlier run")
+    return {"size": args.size, "ablation": ablations, "inductor_cache": how}
 
 
 def _device_name(device: torch.device) -> str:
@@ -307,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     dump.set_defaults(fn=cmd_dump)
     b = sub.add_parser("bench", help="benchmark fxc against eager and the peers")
     b.add_argument("--model", required=True,
-                   help="zoo name(s), comma-separated; NAME@1+32 gives a model its own batches")
+                   help="zoo names (resnet50) or garden names (tv:swin_t, hf:bert-base), "
+                        "comma-separated; NAME@1+32 gives a model its own batches")
     b.add_argument("--size", default="base", choices=["tiny", "base"])
     b.add_argument("--batch", default="1", help="comma-separated batch sizes")
     b.add_argument("--device", default=None)
@@ -326,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--isolate", action="store_true",
                    help="run each model in a child process: a crash (device assert, OOM) "
                         "becomes an error row instead of ending the run")
+    b.add_argument("--no-kernels", dest="kernels", action="store_false",
+                   help="GPU: do not count kernels per call (torch.profiler, after the timing)")
     b.add_argument("--tag", default=None, help="results file name (default from the models)")
     b.add_argument("--out", default=None, help="write JSON and PNG plots here")
     b.set_defaults(fn=cmd_bench)

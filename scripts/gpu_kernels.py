@@ -3,6 +3,13 @@ call and the costliest kernels (torch.profiler over the step loop, CUDA graphs o
 the latency of the graph-replayed module. Compares fxc with torch.compile when asked.
 
   python3 scripts/gpu_kernels.py MODEL BATCH [--tc] [--eager] [fxc option=value ...]
+  python3 scripts/gpu_kernels.py --graph-probe [MODEL BATCH]
+
+--graph-probe checks what `fxc bench`'s kernels-per-call column relies on, on this torch and
+CUDA: that torch.profiler reports the kernels inside a replayed CUDA graph one by one, tied to
+the graph's launch (fxc.timing.count_kernels), and that a later profiler session still sees
+kernels. It prints the counts of the eager loop, its CUDA-graph replay, fxc's replay and step
+loop, and a verdict. MODEL may be a zoo or a garden name (default: resnet18 at base size).
 """
 import sys
 from collections import defaultdict
@@ -36,8 +43,45 @@ def kernel_table(fn, args, calls=10, label=""):
         print(f"   {us / calls / 1e3:8.4f} ms  x{cnt[name] / calls:4.0f}  {name[:110]}")
 
 
+def graph_probe(name="resnet18", batch=1):
+    model, example = get(name, size="base", batch=batch, seed=0)
+    dev = torch.device("cuda")
+    model, example = model.to(dev), tuple(x.to(dev) for x in example)
+    sets = timing.rotated_inputs(example)
+    got = {}
+    eager = bench._eager(model, "fp16", dev)
+    got["eager fp16 loop"] = timing.profile_kernels(eager, sets)
+    graph = bench._eager_cudagraph(model, "fp16", dev, example)
+    got["eager fp16 CUDA graph"] = timing.profile_kernels(graph, sets)
+    c = fxc.compile(model, example, device=dev, precision="fp16", backend="torch")
+    got["fxc replay"] = timing.profile_kernels(c, sets)
+    got["fxc step loop"] = timing.profile_kernels(lambda *xs: bench._step_loop(c, xs), sets)
+    got["eager fp16 loop, again"] = timing.profile_kernels(eager, sets)
+    with torch.no_grad(), torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        eager(*example)
+        torch.cuda.synchronize()
+    kinds = sorted({str(getattr(e, "activity_type", "(no activity_type)")) for e in prof.events()})
+    print(f"profiler event kinds on this torch: {kinds}")
+    for label, k in got.items():
+        print(f"{label:<24} kernels/call {k.per_call:7.1f}   graph launches/call "
+              f"{k.graph_launches:4.1f}   kernels tied to a launch {k.in_graphs:7.1f}")
+    loop, rep = got["eager fp16 loop"], got["eager fp16 CUDA graph"]
+    seen = rep.in_graphs > 0 and rep.in_graphs == loop.per_call
+    print(f"VERDICT torch {torch.__version__} CUDA {torch.version.cuda}: kernels inside a replayed "
+          f"graph are {'visible, one record each' if seen else 'NOT all visible'} "
+          f"({rep.in_graphs:g} tied to the launch vs {loop.per_call:g} in the eager loop); a "
+          f"later session sees {got['eager fp16 loop, again'].per_call:g} kernels/call")
+    for label, fn in (("eager graph", graph), ("fxc", c)):
+        non = ("eager fp16", loop.per_call) if label == "eager graph" else \
+            bench._non_graph("fxc_torch", c, [])
+        print(f"bench's cell for {label}: {timing.kernels_per_call(fn, sets, dev, non)}")
+
+
 def main():
     import os
+    if sys.argv[1:2] == ["--graph-probe"]:
+        return graph_probe(*([sys.argv[2], int(sys.argv[3])] if len(sys.argv) > 3 else []))
     if os.environ.get("SDPA"):  # e.g. SDPA=EFFICIENT_ATTENTION: pin SDPA's backend for the run
         from torch.nn.attention import SDPBackend, sdpa_kernel
         sdpa_kernel([getattr(SDPBackend, os.environ["SDPA"])]).__enter__()  # an enum, not a dict
