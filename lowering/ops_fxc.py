@@ -93,9 +93,64 @@ def _register():
         inputs = [s, scale] + ([b.tensor(bias, dt)] if bias is not None else [])
         return [s, b.op("LayerNormalization", inputs, axis=-n, epsilon=float(eps))]
 
+    @converter(fxc_ops.fused_region.default)
+    def fused_region(b: Builder, node):
+        """fxc::fused_region(Tensor[] inputs, str key) -> Tensor[]: the region's ATen ops,
+        inlined, each through its own converter (nodes named `<this node>__<k>`)."""
+        return _inline_region(b, node)
+
     for op in (fxc_ops.conv2d_act.default, fxc_ops.linear_act.default):
         batch_rules.register(op, batch_rules.first_arg)
     batch_rules.register(fxc_ops.conv2d_add_act.default, _conv_add_batch)
+
+
+def _inline_region(b: Builder, node):
+    import torch.fx as fx
+
+    from fxc import ir
+    from fxc.codegen.region import In, Val, get
+
+    from .registry import lookup
+    inputs, key = node.args
+    region = get(key)
+    g = fx.Graph()
+    env: list = []
+    ins = []
+    for i, a in enumerate(inputs):
+        p = g.placeholder(f"{node.name}__in{i}")
+        p.meta["val"] = a.meta["val"]
+        ins.append(p)
+
+    def sub(a):
+        if isinstance(a, In):
+            return ins[a.i]
+        if isinstance(a, Val):
+            return env[a.j]
+        if isinstance(a, list):
+            return [sub(x) for x in a]
+        return a
+
+    for k, (target, args, kwargs) in enumerate(region.ops):
+        n = g.call_function(target, tuple(sub(a) for a in args),
+                            {k2: sub(v) for k2, v in kwargs.items()})
+        n.name = f"{node.name}__{k}"
+        if "stack_trace" in node.meta:
+            n.meta["stack_trace"] = node.meta["stack_trace"]
+        ir.infer_node_meta(n)
+        env.append(n)
+    for p, a in zip(ins, inputs):
+        b.env[p] = b.env[a]
+    for n in env:
+        fn = lookup(n.target)
+        if fn is None:
+            return Refuse(f"{ir.op_name(n)} in the region has no converter")
+        b.begin(n)
+        out = fn(b, n)
+        if isinstance(out, Refuse):
+            return Refuse(f"{ir.op_name(n)} in the region: {out.reason}")
+        b.env[n] = out
+    b.begin(node)
+    return [b.env[env[j]] for j in region.outputs]
 
 
 def _conv_add_batch(n, batch):

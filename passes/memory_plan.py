@@ -166,13 +166,20 @@ def _overlapping_pairs(tensors: list[PlannedTensor]) -> Iterable[tuple[PlannedTe
 class OutVariant:
     op: torch._ops.OpOverload
     out_args: tuple[str, ...]   # keyword names, one per return of the functional op
+    list_out: bool = False      # one `Tensor(a!)[] out` for a `Tensor[]` return; returns nothing
 
 
 def find_out_variant(op) -> tuple[OutVariant | None, str | None]:
     """The real out= overload of `op` (not a generated one that computes, then copies), or
-    (None, why not). Its non-out arguments must be exactly `op`'s."""
+    (None, why not). Its non-out arguments must be exactly `op`'s. An fxc op returning
+    `Tensor[]` may have an `.out` overload writing `Tensor(a!)[] out` (fxc::fused_region)."""
     if not isinstance(op, torch._ops.OpOverload):
         return None, "not an ATen op"
+    if _list_returning_fxc_op(op):
+        out = getattr(op.overloadpacket, "out", None) if "out" in op.overloadpacket.overloads() else None
+        if out is None or not _same_inputs(op, out) or out._schema.returns:
+            return None, "multi-output (tensor list) without an out= form"
+        return OutVariant(out, tuple(a.name for a in out._schema.arguments if a.is_out), True), None
     returns = op._schema.returns
     if any(str(r.type) != "Tensor" for r in returns):
         return None, "multi-output (tensor list)" if returns else "returns nothing"
@@ -189,6 +196,11 @@ def find_out_variant(op) -> tuple[OutVariant | None, str | None]:
         if len(outs) == len(returns):
             return OutVariant(out, outs), None
     return None, "no out variant" + (" (only a generated one that copies)" if seen_generated else "")
+
+
+def _list_returning_fxc_op(op) -> bool:
+    returns = op._schema.returns
+    return op.namespace == "fxc" and len(returns) == 1 and str(returns[0].type) == "List[Tensor]"
 
 
 def _out_candidates(op) -> list[str]:
@@ -266,7 +278,9 @@ def _node_roots(node: fx.Node, lv: Liveness, i: int, assume_alias: bool) -> set:
     roots: set = set()
     fresh_idx = []
     for k, r in enumerate(returns):
-        if _returns_fresh(target, r):
+        if _returns_fresh(target, r) and _list_returning_fxc_op(target):
+            fresh_idx.extend(range(len(val)))  # fresh tensors, read through getitem
+        elif _returns_fresh(target, r):
             fresh_idx.append(k if len(returns) > 1 else None)
         else:
             roots |= set().union(*(lv.roots[a] for a in _aliased_args(node, r)))

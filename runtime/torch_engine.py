@@ -140,6 +140,10 @@ class TorchEngine:
             ov, _ = mp.find_out_variant(step.node.target)
             val = step.node.meta["val"]
             metas = [val] if not isinstance(val, (tuple, list)) else list(val)
+            if ov.list_out:  # one list of buffers; the op returns nothing, the step returns them
+                views = {ov.out_args[0]: [arena.view(slots_of[i], m) for i, m in enumerate(metas)]}
+                calls[step.node.name] = (_ReturnsOut(ov.op, ov.out_args[0]), views)
+                continue
             views = {name: arena.view(slots_of[None if len(metas) == 1 else i], metas[i])
                      for i, name in enumerate(ov.out_args)}
             calls[step.node.name] = (ov.op, views)
@@ -268,7 +272,8 @@ def _check_out_call(node: fx.Node, res, call, args, kwargs) -> str | None:
         return f"out= call fails ({type(e).__name__})"
     got = list(got) if isinstance(got, (tuple, list)) else [got]
     want = list(res) if isinstance(res, (tuple, list)) else [res]
-    for g, w, v in zip(got, want, views.values()):
+    flat = [v for x in views.values() for v in (x if isinstance(x, list) else [x])]
+    for g, w, v in zip(got, want, flat):
         if g.data_ptr() != v.data_ptr() or g.shape != v.shape or g.stride() != v.stride():
             return "out= kernel resized or moved its output"
         if not _same_layout(w, v):
@@ -276,6 +281,18 @@ def _check_out_call(node: fx.Node, res, call, args, kwargs) -> str | None:
         if not bitwise_equal(g, w):
             return "out= kernel rounds differently from the functional op"
     return None
+
+
+class _ReturnsOut:
+    """An out= overload that returns nothing (`Tensor(a!)[] out -> ()`), called as a step:
+    returns the buffers it wrote, as the functional op returned its results."""
+
+    def __init__(self, op, name: str):
+        self.op, self.name = op, name
+
+    def __call__(self, *args, **kwargs):
+        self.op(*args, **kwargs)
+        return kwargs[self.name]
 
 
 def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
