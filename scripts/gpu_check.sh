@@ -5,9 +5,10 @@
 #   bash scripts/gpu_check.sh [tests|demo|library|bench|nodes|ablate|garden]...   (default: tests demo library bench)
 # garden: fxc bench --isolate over library models (fxc.models.garden, base size), every peer,
 # kernels per call, results $OUT/h200_fp16_garden*.json. GARDEN_MODELS (NAME@B1+B2,...) picks
-# them; GARDEN_PART=k/n runs every n-th of them from the k-th (a base-size job with both
-# torch.compile modes cold takes ~40-90 s, so the default 20 jobs need n=3 or 4 device calls of
-# 10 minutes); GARDEN_S caps one invocation (default 540 s; results are written after each job).
+# them; GARDEN_PART=k/n runs every n-th of them from the k-th (estimated, not yet measured: a
+# base-size job with both torch.compile modes cold takes 40-90 s, so the default 20 jobs need
+# n=3 or 4 device calls of 10 minutes); GARDEN_S caps one invocation (default 540 s; results
+# are written after each job, so a capped run keeps the jobs it finished).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/fxc_gpu}; mkdir -p "$OUT"
