@@ -14,6 +14,9 @@ Keyword arguments, per model (each listed in its Spec.kwargs):
 
 Build on another device with a device context: `with torch.device("meta"): get(...)` builds
 without allocating, which is how the tests count base-size parameters.
+
+Names with a ':' are the garden's library models (`tv:resnet50`, `timm:...`, `hf:bert-base`):
+`get` hands them to `fxc.models.garden.get`, same contract; see `garden.names()`.
 """
 from dataclasses import dataclass
 from functools import partial
@@ -59,6 +62,9 @@ def names(include_extras: bool = False) -> list[str]:
 def get(name: str, size: str = "tiny", batch: int = 1, seed: int = 0,
         **kwargs: Any) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """Build model `name` at `size` in eval mode, with example inputs of leading dim `batch`."""
+    if ":" in name:  # a garden model; imported here, so the zoo needs none of its libraries
+        from . import garden
+        return garden.get(name, size, batch, seed, **kwargs)
     spec = REGISTRY.get(name)
     if spec is None:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(REGISTRY)}")

@@ -9,6 +9,12 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if tuple(map(int, torch.__version__
   "$PY" -m pip install -q "torch==2.13.0"
 fi
 "$PY" -m pip install -q -e ".[dev]"
+# The model garden's libraries (fxc[garden], tests/test_garden.py). torchvision at the release
+# that pairs with this torch (0.N+15 for torch 2.N), without dependencies: a plain install
+# would move torch. transformers' dependencies are light (no torch); timm's are among them.
+TV=$("$PY" -c "import torch; print('0.%d.*' % (int(torch.__version__.split('.')[1]) + 15))")
+"$PY" -m pip install -q "transformers>=5,<6"
+"$PY" -m pip install -q --no-deps "torchvision==$TV" "timm>=1.0"
 # The report tests (tests/test_viz.py) drive a real headless Chromium: Debian's package.
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
   apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
