@@ -98,9 +98,11 @@ class Region:
         vals = self.run_ops(inputs)
         outs = []
         for j, order in zip(self.outputs, self.orders):
-            v = vals[j]
-            if not same_strides(v, dense_strides(v.shape, order)):
+            v, want = vals[j], dense_strides(vals[j].shape, order)
+            if not same_strides(v, want):
                 v = empty_in_order(v.shape, order, v.dtype, v.device).copy_(v)
+            elif list(v.stride()) != want:  # differs in size-1 dims only: restate them
+                v = v.as_strided(v.shape, want)
             outs.append(v)
         return outs
 

@@ -30,6 +30,7 @@ from .region import In, Region, Val
 
 MAX_ROW = 16384          # longest row (product of the reduced dims) a row kernel holds
 MAX_TILE = 4096          # elements per row-kernel program
+NEG_INF = '-float("inf")'
 
 
 @dataclasses.dataclass
@@ -202,9 +203,9 @@ def _source(region: Region, vals, inputs, name: str, kind: str, n_a: int, n_b: i
         dt[("v", j)] = v.dtype
     uses_tanh = False
     for j, (target, args, kwargs) in enumerate(region.ops):
-        expr = _emit(target, args, kwargs, vals, inputs, dt, j)
+        pre, expr = _emit(target, args, kwargs, vals, inputs, dt, j, interpret)
         uses_tanh |= "_tanh(" in expr
-        body.append(f"v{j} = {expr}")
+        body += pre + [f"v{j} = {expr}"]
     for n, j in enumerate(region.outputs):
         v = f"v{j}"
         if kind == "row" and out_mask[n] == "mask":
@@ -265,8 +266,8 @@ def _show(target, args, kwargs) -> str:
     return f"{target.namespace}.{target._opname}.{target._overloadname}({', '.join(parts)})"
 
 
-def _emit(target, args, kwargs, vals, inputs, dt, j) -> str:
-    """The Triton expression of op j, its result in the graph's dtype."""
+def _emit(target, args, kwargs, vals, inputs, dt, j, interpret) -> tuple[list[str], str]:
+    """(statements before, the Triton expression) of op j, its result in the graph's dtype."""
     od = vals[j].dtype
 
     def var(a):
@@ -291,78 +292,78 @@ def _emit(target, args, kwargs, vals, inputs, dt, j) -> str:
     if spec is not None:
         ops = list(args[:spec.nargs])
         if spec.math == "cast":
-            return _conv(var(ops[0]), have(ops[0]), od)
+            return [], _conv(var(ops[0]), have(ops[0]), od)
         template = spec.expr(args, kwargs) if callable(spec.expr) else spec.expr
         if target is R.aten.clamp.default:
             ops = [ops[0]] + [b for b in (list(args[1:3]) + [kwargs.get("min"), kwargs.get("max")])
                               if b is not None]
         if spec.math == "op":
             cd = R.opmath(od)
-            return _conv(template.format(*(operand(a, cd) for a in ops)), cd, od)
+            return [], _conv(template.format(*(operand(a, cd) for a in ops)), cd, od)
         if spec.math == "cmp":
             cd = R.opmath(torch.result_type(*(meta(a) for a in ops)) if len(ops) > 1
                           else have(ops[0]))
-            return template.format(*(operand(a, cd) for a in ops))
+            return [], template.format(*(operand(a, cd) for a in ops))
         # sel
         texts = [operand(a, torch.bool if i == spec.cond else od) for i, a in enumerate(ops)]
-        return template.format(*texts)
+        return [], template.format(*texts)
     return _reduction(R.REDUCTIONS[target].kind, target, args, kwargs, vals, inputs, od, operand,
-                      have)
+                      have, j, interpret)
 
 
-def _reduction(kind, target, args, kwargs, vals, inputs, od, operand, have) -> str:
+def _reduction(kind, target, args, kwargs, vals, inputs, od, operand, have, j,
+               interpret) -> tuple[list[str], str]:
+    """(statements, the result expression) of a reduction over the row (axis 1 of the tile).
+    Padding columns (c >= R) are masked with the reduction's identity."""
     x = args[0]
     xd = have(x)
     acc = torch.int64 if not xd.is_floating_point and kind == "sum" else R.opmath(xd)
-    xv = operand(x, acc)
+    t = f"t{j}"  # this op's temporaries: t{j}x, t{j}m, ...
+    lines = [f"{t}x = {operand(x, acc)}"]
 
-    def tsum(e):
-        return f"tl.sum(tl.where(cmask, {e}, 0), axis=1, keep_dims=True)"
+    def red(how, e, identity):
+        if interpret:  # tl.sum is a jit function the interpreter cannot call when triton was
+            # imported before TRITON_INTERPRET was set; tl.reduce with the standard combine
+            # functions is what it runs with numpy
+            fn = {"sum": "_sum_combine", "max": "_elementwise_max", "min": "_elementwise_min"}[how]
+            return f"tl.reduce(tl.where(cmask, {e}, {identity}), 1, tl.standard.{fn}, keep_dims=True)"
+        return f"tl.{how}(tl.where(cmask, {e}, {identity}), axis=1, keep_dims=True)"
 
-    def tmax(e):
-        return f'tl.max(tl.where(cmask, {e}, -float("inf")), axis=1, keep_dims=True)'
-
-    if kind == "sum":
-        e = tsum(xv)
-    elif kind == "mean":
-        e = f"{tsum(xv)} / R"
-    elif kind == "amax":
-        e = tmax(xv)
-    elif kind == "amin":
-        e = f'tl.min(tl.where(cmask, {xv}, float("inf")), axis=1, keep_dims=True)'
-    elif kind == "var":
-        corr = kwargs.get("correction")
-        corr = 1 if corr is None else corr
-        mean = f"({tsum(xv)} / R)"
-        d = f"tl.where(cmask, {xv} - {mean}, 0)"
-        e = f"{tsum(f'({d}) * ({d})')} / (R - {_lit(corr, torch.float32)})"
+    if kind in ("sum", "mean"):
+        e = red("sum", f"{t}x", 0) + (" / R" if kind == "mean" else "")
+    elif kind in ("amax", "amin"):
+        e = red(kind[1:], f"{t}x", NEG_INF if kind == "amax" else 'float("inf")')
+    elif kind in ("var", "layer_norm"):
+        lines.append(f"{t}m = {red('sum', f'{t}x', 0)} / R")
+        lines.append(f"{t}d = tl.where(cmask, {t}x - {t}m, 0)")
+        if kind == "var":
+            corr = kwargs.get("correction")
+            e = f"{red('sum', f'{t}d * {t}d', 0)} / (R - {_lit(1 if corr is None else corr, acc)})"
+        else:
+            w, b, eps = (list(args[2:5]) + [None, None, 1e-5])[:3]
+            lines.append(f"{t}r = tl.rsqrt({red('sum', f'{t}d * {t}d', 0)} / R + "
+                         f"{_lit(eps, torch.float32)})")
+            e = f"{t}d * {t}r"
+            if w is not None:
+                e = f"{e} * {operand(w, torch.float32)}"
+            if b is not None:
+                e = f"{e} + {operand(b, torch.float32)}"
     elif kind in ("softmax", "log_softmax"):
-        shifted = f"({xv} - {tmax(xv)})"
-        total = tsum(f"tl.exp({shifted})")
-        e = (f"tl.exp({shifted}) / {total}" if kind == "softmax"
-             else f"{shifted} - tl.log({total})")
-        return _conv(e, acc, od)
-    elif kind == "layer_norm":
-        w, b, eps = (list(args[2:5]) + [None, None, 1e-5])[:3]
-        mean = f"({tsum(xv)} / R)"
-        d = f"tl.where(cmask, {xv} - {mean}, 0)"
-        e = f"({d}) * tl.rsqrt({tsum(f'({d}) * ({d})')} / R + {_lit(eps, torch.float32)})"
-        if w is not None:
-            e = f"({e}) * {operand(w, torch.float32)}"
-        if b is not None:
-            e = f"({e}) + {operand(b, torch.float32)}"
-        return _conv(e, acc, od)
+        lines.append(f"{t}s = {t}x - {red('max', f'{t}x', NEG_INF)}")
+        lines.append(f"{t}e = tl.exp({t}s)")
+        total = red("sum", f"{t}e", 0)
+        e = f"{t}e / {total}" if kind == "softmax" else f"{t}s - tl.log({total})"
     elif kind == "rms_norm":
         w = args[2] if len(args) > 2 else kwargs.get("weight")
         eps = args[3] if len(args) > 3 else kwargs.get("eps")
         eps = torch.finfo(acc).eps if eps is None else eps
-        e = _conv(f"{xv} * tl.rsqrt({tsum(f'{xv} * {xv}')} / R + {_lit(eps, torch.float32)})",
-                  acc, xd)
-        if w is not None:
-            cd = R.opmath(od)
-            e = _conv(f"{_conv(e, xd, cd)} * {operand(w, cd)}", cd, od)
-            return e
-        return _conv(e, xd, od)
+        # ATen: (x * rsqrt(mean(x^2) + eps)) rounded to x's dtype, then times the weight
+        lines.append(f"{t}y = " + _conv(f"{t}x * tl.rsqrt({red('sum', f'{t}x * {t}x', 0)} / R + "
+                                         f"{_lit(eps, torch.float32)})", acc, xd))
+        if w is None:
+            return lines, _conv(f"{t}y", xd, od)
+        cd = R.opmath(od)
+        return lines, _conv(f"{_conv(f'{t}y', xd, cd)} * {operand(w, cd)}", cd, od)
     else:
         raise ValueError(f"no reduction template for {kind}")
-    return _conv(e, acc, od)
+    return lines, _conv(e, acc, od)
