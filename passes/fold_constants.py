@@ -10,11 +10,16 @@ device they are on).
 
 Refused, with the count in the notes:
   - size: a value of more than `options.fold_size_limit` x the bytes of the distinct constants
-    it is computed from. An expand/repeat of a weight stays lazy: folding would make the
-    compiled model that much bigger. A value computed from literals alone (arange, full,
-    scalar_tensor and what follows from them: a causal mask) counts as a constant of its own
-    size, since the run time allocates it on every call anyway; a view of one (an expand)
-    allocates nothing, so it stays under the limit.
+    it is computed from, unless it is small in absolute terms: at most SMALL_BYTES (1 MiB)
+    itself, while the small values folded over the ratio add up to at most SMALL_TOTAL (32
+    MiB) per graph. A large expand/repeat of a weight stays lazy: folding would make the
+    compiled model that much bigger. A small one folds: Swin's relative position bias is 14x
+    its table but 49*49*heads floats, and its shifted-window mask 64*49*49 floats from a few
+    row vectors; left to run time they cost a dozen gather/copy kernels a call. A value
+    computed from literals alone (arange, full, scalar_tensor and what follows from them: a
+    causal mask) counts as a constant of its own size, since the run time allocates it on
+    every call anyway; a view of one (an expand) allocates nothing, so it stays under the
+    limit. The notes say how many values folded by the absolute rule, and their bytes.
   - graph output: the caller would get the shared constant itself, and writing into it would
     change every later call; its inputs fold instead.
 A graph that writes in place (not one capture makes) is left alone, for the same reason.
@@ -39,6 +44,8 @@ from .manager import PassContext, PassResult
 from .rewrite import is_graph_output
 
 _MAX_RETRIES = 8  # evaluation failures tolerated (each blocks one node and re-plans)
+SMALL_BYTES = 1 << 20  # a value this small folds whatever its ratio to its constants ...
+SMALL_TOTAL = 32 << 20  # ... while such values add up to no more than this per graph
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
@@ -47,7 +54,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     before = constant_bytes(gm)
     blocked: set[fx.Node] = set()
     for _ in range(_MAX_RETRIES):
-        plan = _plan(gm, ctx.options.fold_size_limit, blocked)
+        plan = _plan(gm, ctx.options.fold_size_limit, blocked, _small_budget(ctx))
         if not plan.frontier:
             values = {}
             break
@@ -62,9 +69,14 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     notes = [f"constants {fmt_bytes(before)} -> {fmt_bytes(after)}"]
     if folded:
         notes.append(f"folded {folded} node(s) into {len(values)} constant(s)")
+    if plan.small:
+        notes.append(f"{plan.small} small value(s) over {ctx.options.fold_size_limit:g}x their "
+                     f"constants allowed ({fmt_bytes(plan.small_bytes)}; each at most "
+                     f"{fmt_bytes(plan.budget[0])}, at most {fmt_bytes(plan.budget[1])} in all)")
     if plan.refused_size:
         notes.append(f"refused {plan.refused_size} for size (over {ctx.options.fold_size_limit:g}x "
-                     f"the constants they read)")
+                     f"the constants they read and over {fmt_bytes(plan.budget[0])}, or past "
+                     f"the {fmt_bytes(plan.budget[1])} budget for small values)")
     for why, n in sorted(plan.kept.items()):
         notes.append(f"kept {n} constant-only node(s): {why}")
     if blocked:
@@ -72,26 +84,47 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
                      + ", ".join(ir.describe(n) for n in blocked if n.graph is gm.graph))
     stats = {"constant_bytes_before": before, "constant_bytes_after": after,
              "folded_nodes": folded, "new_constants": len(values),
-             "refused_size": plan.refused_size}
+             "refused_size": plan.refused_size, "small_folded": plan.small,
+             "small_bytes": plan.small_bytes}
     return PassResult(rewrites=folded, notes=notes, stats=stats)
 
 
 # -- planning: which nodes fold, which values become constants ---------------------------------
 
+def _small_budget(ctx: PassContext) -> tuple[int, int]:
+    """(bytes per value, bytes in all) under which values over the ratio still fold."""
+    return (getattr(ctx.options, "fold_small_bytes", SMALL_BYTES),
+            getattr(ctx.options, "fold_small_total", SMALL_TOTAL))
+
+
 class _Plan:
-    def __init__(self):
+    def __init__(self, budget: tuple[int, int] = (SMALL_BYTES, SMALL_TOTAL)):
         self.foldable: dict[fx.Node, None] = {}     # ordered set, graph order
         self.sources: dict[fx.Node, dict] = {}      # node -> {source key: bytes}
         self.frontier: list[fx.Node] = []
         self.refused_size = 0
+        self.budget = budget
+        self.small = self.small_bytes = 0           # folded over the ratio, for being small
         self.kept: dict[str, int] = {}              # other refusals of constant-only nodes
+
+    def admit(self, size: int, limit: float, read: int) -> bool:
+        """The size rule: within `limit` x the bytes read, or small (SMALL_BYTES/SMALL_TOTAL)."""
+        if size <= limit * read:
+            return True
+        if size <= self.budget[0] and self.small_bytes + size <= self.budget[1]:
+            self.small += 1
+            self.small_bytes += size
+            return True
+        self.refused_size += 1
+        return False
 
     def keep(self, why: str) -> None:
         self.kept[why] = self.kept.get(why, 0) + 1
 
 
-def _plan(gm: fx.GraphModule, limit: float, blocked: set[fx.Node]) -> _Plan:
-    plan = _Plan()
+def _plan(gm: fx.GraphModule, limit: float, blocked: set[fx.Node],
+          budget: tuple[int, int] = (SMALL_BYTES, SMALL_TOTAL)) -> _Plan:
+    plan = _Plan(budget)
     for node in gm.graph.nodes:
         if node.op == "get_attr":
             t = fetch_attr(gm, node.target)
@@ -114,8 +147,7 @@ def _plan(gm: fx.GraphModule, limit: float, blocked: set[fx.Node]) -> _Plan:
             sources.update(plan.sources[i])
         if all(isinstance(k, fx.Node) for k in sources) and not aliases_input(node):
             sources[node] = nbytes(node.meta["val"])  # from literals alone: allocated per call
-        if nbytes(node.meta["val"]) > limit * sum(sources.values()):
-            plan.refused_size += 1
+        if not plan.admit(nbytes(node.meta["val"]), limit, sum(sources.values())):
             continue
         plan.foldable[node] = None
         plan.sources[node] = sources

@@ -1,5 +1,6 @@
 """Constant folding: structure, lint, numbers against the stage before, where it must not fire
 (inputs, impure ops, size, graph outputs), idempotence, generated graphs, and the zoo."""
+import contextlib
 import dataclasses
 
 import pytest
@@ -177,24 +178,75 @@ def test_dtype_cast_of_a_constant_folds():
 # -- what must not fold --------------------------------------------------------------------------
 
 class ExpandWeight(nn.Module):
-    def __init__(self, rows=64):
+    def __init__(self, rows=64, width=16):
         super().__init__()
-        self.rows = rows
-        self.b = nn.Parameter(torch.randn(1, 16))
+        self.rows, self.width = rows, width
+        self.b = nn.Parameter(torch.randn(1, width))
 
     def forward(self, x):
-        return x + (self.b * 2).expand(self.rows, 16)
+        return x + (self.b * 2).expand(self.rows, self.width)
+
+
+BIG = 8192  # an expanded row of 8192 floats over 64 rows: 2 MiB, over fold_constants.SMALL_BYTES
 
 
 def test_expand_of_a_weight_is_refused_for_size():
+    x = torch.randn(64, BIG)
+    gm = _captured(ExpandWeight(width=BIG), x)
+    result = _fold(gm, [x])
+    assert aten.expand.default in _ops(gm)  # stays lazy: 64x the weight, and 2 MiB
+    assert aten.mul.Tensor not in _ops(gm)  # its input still folds
+    assert result.stats["refused_size"] == 1 and result.stats["small_folded"] == 0
+    assert any("refused 1 for size" in n for n in result.notes)
+    assert max(gm.get_buffer(n.target).numel() for n in _folded(gm)) == BIG
+
+
+def test_small_values_fold_whatever_their_ratio():
+    """64x its weight, but 4 KB: folds under the absolute rule, and the notes say so."""
     x = torch.randn(64, 16)
     gm = _captured(ExpandWeight(), x)
     result = _fold(gm, [x])
-    assert aten.expand.default in _ops(gm)  # stays lazy: 64x the weight
-    assert aten.mul.Tensor not in _ops(gm)  # its input still folds
-    assert result.stats["refused_size"] == 1
-    assert any("refused 1 for size" in n for n in result.notes)
-    assert max(gm.get_buffer(n.target).numel() for n in _folded(gm)) == 16
+    assert aten.expand.default not in _ops(gm) and result.stats["refused_size"] == 0
+    assert result.stats["small_folded"] == 1 and result.stats["small_bytes"] == 64 * 16 * 4
+    assert any("1 small value(s) over 4x" in n for n in result.notes), result.notes
+    (const,) = _folded(gm)
+    assert gm.get_buffer(const.target).shape == (64, 16)
+
+
+def test_small_values_have_a_total_budget(monkeypatch):
+    monkeypatch.setattr(fold_constants, "SMALL_TOTAL", 64 * 16 * 4 - 1)
+    x = torch.randn(64, 16)
+    gm = _captured(ExpandWeight(), x)
+    result = _fold(gm, [x])
+    assert aten.expand.default in _ops(gm)
+    assert result.stats["refused_size"] == 1 and result.stats["small_folded"] == 0
+
+
+class WindowBias(nn.Module):
+    """torchvision Swin's relative position bias (stage 4: window 7, 24 heads): a gather of its
+    (2w-1)^2 x heads table by a constant index, 6.5x the bytes it reads, 230 KB."""
+
+    def __init__(self, w=7, heads=24):
+        super().__init__()
+        n = w * w
+        self.heads, self.n = heads, n
+        self.table = nn.Parameter(torch.randn((2 * w - 1) ** 2, heads))
+        coords = torch.stack(torch.meshgrid(torch.arange(w), torch.arange(w), indexing="ij")).flatten(1)
+        rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (w - 1)
+        self.register_buffer("index", (rel[..., 0] * (2 * w - 1) + rel[..., 1]).flatten())
+
+    def forward(self, s):  # s: (windows, heads, n, n)
+        bias = self.table[self.index].view(self.n, self.n, -1).permute(2, 0, 1).contiguous()
+        return s + bias.unsqueeze(0)
+
+
+def test_window_attention_bias_folds():
+    s = torch.randn(2, 24, 49, 49)
+    gm = _captured(WindowBias(), s)
+    assert aten.index.Tensor in _ops(gm)
+    result = _fold(gm, [s])
+    assert _ops(gm) == [aten.add.Tensor], gm.code
+    assert result.stats["small_folded"] >= 1 and result.stats["refused_size"] == 0
 
 
 class ReturnsExpand(nn.Module):
@@ -217,12 +269,13 @@ def test_expand_of_a_weight_returned_as_an_output_stays():
 
 
 def test_size_limit_is_the_option():
-    x = torch.randn(64, 16)
-    gm = _captured(ExpandWeight(), x)
+    x = torch.randn(64, BIG)
+    gm = _captured(ExpandWeight(width=BIG), x)
     result = _fold(gm, [x], fold_size_limit=100.0)
     assert aten.expand.default not in _ops(gm) and result.stats["refused_size"] == 0
+    assert result.stats["small_folded"] == 0
     gm = _captured(ExpandWeight(rows=4), torch.randn(4, 16))
-    assert _fold(gm, [torch.randn(4, 16)]).stats["refused_size"] == 0  # 4x: within the default
+    assert _fold(gm, [torch.randn(4, 16)]).stats["small_folded"] == 0  # 4x: within the ratio
 
 
 class ReadsInput(nn.Module):
@@ -368,13 +421,26 @@ def _lazy_expands(gm):
             and n.meta["val"].numel() > 4 * n.args[0].meta["val"].numel()]
 
 
+@contextlib.contextmanager
+def _ratio_rule_only():
+    """Generated graphs are all small: without this the absolute rule would fold everything
+    and the ratio rule would go untested."""
+    saved = fold_constants.SMALL_BYTES
+    fold_constants.SMALL_BYTES = 0
+    try:
+        yield
+    finally:
+        fold_constants.SMALL_BYTES = saved
+
+
 def _run_generated(g):
     gm = aten_graph(g)
     expands = _lazy_expands(gm)
-    result = _fold(gm, list(g.inputs))
-    _check_fold_fixed_point(gm, 4.0)
-    assert _lazy_expands(gm) == expands  # refused for size (or as a graph output)
-    assert _fold(gm, list(g.inputs)).rewrites == 0  # idempotent
+    with _ratio_rule_only():
+        result = _fold(gm, list(g.inputs))
+        _check_fold_fixed_point(gm, 4.0)
+        assert _lazy_expands(gm) == expands  # refused for size (or as a graph output)
+        assert _fold(gm, list(g.inputs)).rewrites == 0  # idempotent
     return result
 
 
