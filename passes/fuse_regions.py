@@ -27,6 +27,11 @@ semantics), a symbolic shape (no silent specialization), a dtype the kernels do 
 softmax or layer norm alone is already one ATen kernel, and it is only absorbed together
 with a pointwise neighbour, which saves that neighbour's round trip through memory.
 
+Views end regions (a kernel computes in one index space), but a permute or unsqueeze read by
+a fusible op whose operand is a single-use pointwise op is first moved onto that op's operands
+(`_sink_views`: the same ops on the same values), so ConvNeXt's layer-scale mul, permute and
+residual add become one region that reads the GEMM output through its strides.
+
 Where it runs: after layout, so the strides it records for outputs are the final ones (an
 output keeps its graph strides; inputs are read through theirs, channels-last included);
 only where the engine is fxc's torch runtime on CUDA, or anywhere with
@@ -48,6 +53,7 @@ from fxc.codegen.region import In, Region, Val, dense_strides, dim_order, same_s
 
 from .manager import PassContext, PassResult
 
+aten = torch.ops.aten
 FUSED = None  # torch.ops.fxc.fused_region.default, set on first use
 MAX_RANK = 8
 
@@ -63,6 +69,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             return PassResult(notes=["not CUDA (generated_kernels=True forces it)"])
         if not engine_is_torch(opts):
             return PassResult(notes=["the engine is not fxc's torch runtime: its own fusions apply"])
+    sunk = _sink_views(gm)
     refused: collections.Counter = collections.Counter()
     ok = {}
     for n in gm.graph.nodes:
@@ -83,6 +90,8 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         gm.graph.eliminate_dead_code()
         _topo_sort(gm)
     summary = [f"{regions} regions fused, {absorbed} ops absorbed, {len(specs)} distinct kernels"]
+    if sunk:
+        summary.append(f"{sunk} views moved above the pointwise op that fed them")
     notes = summary + notes + [f"refused {why} (x{c})" for why, c in sorted(refused.items())]
     return PassResult(rewrites=regions, notes=notes,
                       stats={"regions": regions, "ops_absorbed": absorbed, "kernels": len(specs)})
@@ -133,6 +142,46 @@ def fusible(n: fx.Node) -> str | None:
         if isinstance(a, (list, tuple)) and any(isinstance(x, fx.Node) for x in a):
             return f"{ir.op_name(n)}: a tensor-list argument"
     return None
+
+
+# -- views between pointwise ops ----------------------------------------------------------------
+
+_SINKABLE = (aten.permute.default, aten.unsqueeze.default)
+
+
+def _sink_views(gm: fx.GraphModule) -> int:
+    """permute/unsqueeze(f(a, b)) -> f(permute/unsqueeze(a'), ...(b')) when f is pointwise, its
+    only reader is the view and the view is read by a fusible op: the view then reads f's
+    operands (free: strides), and f joins its reader's region (ConvNeXt's layer-scale mul,
+    permute, residual add). a' is `a` viewed at f's rank (leading size-1 dims) where it
+    broadcasts from a lower rank. Same ops on the same values: bitwise the graph before."""
+    moved = 0
+    for w in list(gm.graph.nodes):
+        if w.op != "call_function" or w.target not in _SINKABLE:
+            continue
+        v = w.args[0]
+        if not (isinstance(v, fx.Node) and v.op == "call_function" and v.target in registry.POINTWISE
+                and len(v.users) == 1 and fusible(v) is None
+                and any(u.op == "call_function" and fusible(u) is None for u in w.users)):
+            continue
+        rank = v.meta["val"].dim()
+        with gm.graph.inserting_before(v):
+            def moved_view(a):
+                if not isinstance(a, fx.Node):
+                    return a
+                t = a.meta["val"]
+                if t.dim() < rank:
+                    a = ir.new_call(gm.graph, aten.view.default,
+                                    (a, [1] * (rank - t.dim()) + list(t.shape)), like=v)
+                return ir.new_call(gm.graph, w.target, (a, *w.args[1:]), like=w)
+            args = tuple(moved_view(a) for a in v.args)
+            kwargs = {k: moved_view(x) for k, x in v.kwargs.items()}
+            new = ir.new_call(gm.graph, v.target, args, kwargs, like=v)
+        w.replace_all_uses_with(new)
+        gm.graph.erase_node(w)
+        gm.graph.erase_node(v)
+        moved += 1
+    return moved
 
 
 # -- growing regions ---------------------------------------------------------------------------

@@ -95,6 +95,27 @@ def test_graph_output_returned_twice_is_produced_once():
     close(outs[0], torch.relu(x * 2 + 1))
 
 
+class ConvNeXtTail(nn.Module):
+    def __init__(self, d=8):
+        super().__init__()
+        self.lin, self.gamma = nn.Linear(d, d), nn.Parameter(torch.rand(d))
+
+    def forward(self, x):  # layer scale (NHWC), permute back, residual add (NCHW)
+        return x + (self.gamma * self.lin(x.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+
+
+def test_a_permute_between_pointwise_ops_moves_onto_the_operands():
+    x = torch.randn(2, 8, 3, 5)
+    gm = passkit.captured(ConvNeXtTail(), x)
+    result = run_checked(gm, (x,))
+    assert result.rewrites == count(gm, FUSED) == 1, result.notes
+    assert "1 views moved above the pointwise op that fed them" in result.notes
+    assert count(gm, aten.mul.Tensor, aten.add.Tensor) == 0
+    (node,) = [n for n in gm.graph.nodes if n.target is FUSED]
+    assert all(a.target in (aten.permute.default, aten.view.default) or a.op == "placeholder"
+               for a in node.args[0])  # the kernel reads the GEMM's output through its strides
+
+
 class NotPointwise(nn.Module):
     def forward(self, x, idx):
         y = torch.gather(x * 2, 1, idx)           # gather: no pointwise semantics
