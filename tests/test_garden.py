@@ -93,6 +93,8 @@ def test_text_inputs_seq_and_mask():
 def compile_and_compare(name: str, batch: int = 1):
     model, inputs = garden.get(name, "tiny", batch=batch)
     assert not any(m.training for m in model.modules()), "get() returns eval mode"
+    # tiny is tiny (torchvision's ResNets keep their 256-2048 channels: 3.5M)
+    assert sum(p.numel() for p in model.parameters()) < 4_000_000
     compiled = fxc.compile(model, inputs, device="cpu", precision="fp32", backend="torch")
     with torch.no_grad():
         want = tensors(model(*inputs))

@@ -29,7 +29,8 @@ def regnety_016(size: str, batch: int):
         cfg = regnet.RegNetCfg(depth=4, w0=8, wa=12.0, wm=1.5, group_size=8, se_ratio=0.25,
                                stem_width=8)
         model = regnet.RegNet(cfg, num_classes=10)
-    return _image_model(model, size, batch)
+    bns = [b.conv3.bn for b in model.modules() if isinstance(b, timm.models.regnet.Bottleneck)]
+    return _image_model(model, size, batch, bns)
 
 
 def deit_small_patch16_224(size: str, batch: int):
@@ -48,7 +49,9 @@ def efficientnet_b0(size: str, batch: int):
         arch = [["ds_r1_k3_s1_e1_c8_se0.25"], ["ir_r2_k3_s2_e4_c16_se0.25"]]
         model = timm.models.efficientnet.EfficientNet(
             decode_arch_def(arch), num_features=64, stem_size=8, act_layer="swish", num_classes=10)
-    return _image_model(model, size, batch)
+    from timm.models._efficientnet_blocks import InvertedResidual
+    bns = [b.bn3 for b in model.modules() if isinstance(b, InvertedResidual) and b.has_skip]
+    return _image_model(model, size, batch, bns)
 
 
 def convnext_tiny(size: str, batch: int):

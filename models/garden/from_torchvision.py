@@ -20,6 +20,11 @@ def _image_model(model: nn.Module, size: str, batch: int, residual_bns: list[nn.
     return model, (images(batch, px),)
 
 
+def _residual_bns(model: nn.Module, block: type) -> list[nn.Module]:
+    """The BN ending each residual inverted-bottleneck block (MobileNetV3, EfficientNet)."""
+    return [b.block[-1][1] for b in model.modules() if isinstance(b, block) and b.use_res_connect]
+
+
 def _resnet(size: str, batch: int, name: str, groups: int, width: int):
     tvm = load("torchvision").models
     if size == "base":
@@ -50,29 +55,33 @@ def regnet_y_400mf(size: str, batch: int):
             params = tvm.regnet.BlockParams.from_init_params(depth=3, w_0=8, w_a=8.0, w_m=2.0,
                                                               group_width=8, se_ratio=0.25)
     model = tvm.RegNet(params) if size == "base" else tvm.RegNet(params, 10, stem_width=8)
-    return _image_model(model, size, batch)
+    bns = [b.f.c[1] for b in model.modules() if isinstance(b, tvm.regnet.ResBottleneckBlock)]
+    return _image_model(model, size, batch, bns)
 
 
 def mobilenet_v3_large(size: str, batch: int):
     tvm = load("torchvision").models
     if size == "base":
-        return _image_model(tvm.mobilenet_v3_large(weights=None), size, batch)
-    cfg = tvm.mobilenetv3.InvertedResidualConfig  # (in, kernel, expanded, out, se, act, stride, dil, width)
-    blocks = [cfg(8, 3, 8, 8, False, "RE", 1, 1, 1.0),  # no expansion: the first block's form
-              cfg(8, 3, 24, 16, False, "RE", 2, 1, 1.0),
-              cfg(16, 5, 48, 16, True, "HS", 1, 1, 1.0)]  # SE + hardswish, with residual
-    model = tvm.MobileNetV3(blocks, last_channel=64, num_classes=10)
-    return _image_model(model, size, batch)
+        model = tvm.mobilenet_v3_large(weights=None)
+    else:
+        # (in, kernel, expanded, out, SE, activation, stride, dilation, width multiplier)
+        cfg = tvm.mobilenetv3.InvertedResidualConfig
+        blocks = [cfg(8, 3, 8, 8, False, "RE", 1, 1, 1.0),  # no expansion: the first block's form
+                  cfg(8, 3, 24, 16, False, "RE", 2, 1, 1.0),
+                  cfg(16, 5, 48, 16, True, "HS", 1, 1, 1.0)]  # SE + hardswish, with residual
+        model = tvm.MobileNetV3(blocks, last_channel=64, num_classes=10)
+    return _image_model(model, size, batch, _residual_bns(model, tvm.mobilenetv3.InvertedResidual))
 
 
 def efficientnet_b0(size: str, batch: int):
     tvm = load("torchvision").models
     if size == "base":
-        return _image_model(tvm.efficientnet_b0(weights=None), size, batch)
-    cfg = tvm.efficientnet.MBConvConfig  # (expand, kernel, stride, in, out, layers)
-    blocks = [cfg(1, 3, 1, 8, 8, 1), cfg(4, 3, 2, 8, 16, 2)]  # the second stage has a residual
-    model = tvm.EfficientNet(blocks, dropout=0.2, num_classes=10, last_channel=64)
-    return _image_model(model, size, batch)
+        model = tvm.efficientnet_b0(weights=None)
+    else:
+        cfg = tvm.efficientnet.MBConvConfig  # (expand, kernel, stride, in, out, layers)
+        blocks = [cfg(1, 3, 1, 8, 8, 1), cfg(4, 3, 2, 8, 16, 2)]  # the second stage has a residual
+        model = tvm.EfficientNet(blocks, dropout=0.2, num_classes=10, last_channel=64)
+    return _image_model(model, size, batch, _residual_bns(model, tvm.efficientnet.MBConv))
 
 
 def convnext_tiny(size: str, batch: int):

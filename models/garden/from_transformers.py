@@ -71,7 +71,8 @@ MODELS: dict[str, HFModel] = {
     "siglip-vision": HFModel("SiglipVisionModel", "SiglipVisionConfig", "vision", {},  # B/16-224
                              _VISION_TINY, fields=("last_hidden_state", "pooler_output")),
     "gpt2": HFModel("GPT2LMHeadModel", "GPT2Config", "causal", {},  # = gpt2 (small)
-                    dict(vocab_size=128, n_embd=32, n_layer=2, n_head=2, n_positions=64),
+                    dict(vocab_size=128, n_embd=32, n_layer=2, n_head=2, n_positions=64,
+                         bos_token_id=1, eos_token_id=2),
                     fields=("logits",), seq_key="n_positions"),
     "llama": HFModel(  # TinyLlama-1.1B
         "LlamaForCausalLM", "LlamaConfig", "causal",
@@ -83,7 +84,8 @@ MODELS: dict[str, HFModel] = {
         "Qwen2ForCausalLM", "Qwen2Config", "causal",
         dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
              num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
-             rms_norm_eps=1e-6, rope_theta=1e6, tie_word_embeddings=True),
+             rms_norm_eps=1e-6, rope_parameters=dict(rope_type="default", rope_theta=1e6),
+             tie_word_embeddings=True),
         dict(_DECODER_TINY, tie_word_embeddings=True), fields=("logits",)),
     "phi3": HFModel(  # Phi-3-mini-4k: fused qkv_proj and gate_up_proj
         "Phi3ForCausalLM", "Phi3Config", "causal",
