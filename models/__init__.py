@@ -67,7 +67,8 @@ def get(name: str, size: str = "tiny", batch: int = 1, seed: int = 0,
         return garden.get(name, size, batch, seed, **kwargs)
     spec = REGISTRY.get(name)
     if spec is None:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(REGISTRY)}")
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(REGISTRY)}, "
+                         "or a garden model 'source:name' (fxc.models.garden.names())")
     if size not in spec.sizes:
         raise ValueError(f"unknown size {size!r} for {name}; choose one of: {', '.join(spec.sizes)}")
     unknown = sorted(set(kwargs) - set(spec.kwargs))

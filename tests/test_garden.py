@@ -111,10 +111,13 @@ def test_tiny_compiles_and_matches_eager(name):
     compile_and_compare(name)
 
 
-def test_padded_batch_matches_eager():
-    """Batch 2 with a padded attention mask: the mask reaches SDPA as a real (not all-true) mask."""
-    need("hf:bert-base")
-    compile_and_compare("hf:bert-base", batch=2)
+@pytest.mark.parametrize("name", ["hf:bert-base", "hf:roberta-base", "hf:distilbert",
+                                  "hf:t5-encoder"])
+def test_padded_batch_matches_eager(name):
+    """Batch 2 with padding: each encoder turns the mask into SDPA's mask its own way (T5 adds
+    it to the relative position bias)."""
+    need(name)
+    compile_and_compare(name, batch=2)
 
 
 @pytest.mark.slow
