@@ -87,8 +87,8 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             regions += 1
             absorbed += len(nodes)
     if regions:
+        _topo_sort(gm)  # first: fx's dead-code elimination lints the order
         gm.graph.eliminate_dead_code()
-        _topo_sort(gm)
     summary = [f"{regions} regions fused, {absorbed} ops absorbed, {len(specs)} distinct kernels"]
     if sunk:
         summary.append(f"{sunk} views moved above the pointwise op that fed them")

@@ -34,7 +34,10 @@ DTYPES = {
 
 
 def opmath(dtype: torch.dtype) -> torch.dtype:
-    """The dtype ATen computes a `dtype` op in (its kernels' opmath_t)."""
+    """The dtype ATen computes a `dtype` op in (its kernels' opmath_t); bool arithmetic in
+    int32, so True + True is True (as torch gives), not an i1 that wraps to 0."""
+    if dtype == torch.bool:
+        return torch.int32
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
