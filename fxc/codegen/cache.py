@@ -59,7 +59,7 @@ def kernel(launch) -> Any:
         filename = f"<fxc-generated {launch.name}>"
         lines = launch.source.splitlines(keepends=True)
         linecache.cache[filename] = (len(launch.source), None, lines, filename)
-        namespace: dict[str, Any] = {}
+        namespace: dict[str, Any] = {"__name__": f"fxc.generated.{launch.name}"}  # jit helpers need a module
         exec(compile(launch.source, filename, "exec"), namespace)  # noqa: S102 (our own text)
         fn = _KERNELS[launch.spec] = namespace[launch.name]
         _dump(launch)
