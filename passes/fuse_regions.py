@@ -157,31 +157,35 @@ def _sink_views(gm: fx.GraphModule) -> int:
     broadcasts from a lower rank. Same ops on the same values: bitwise the graph before."""
     moved = 0
     for w in list(gm.graph.nodes):
-        if w.op != "call_function" or w.target not in _SINKABLE:
-            continue
-        v = w.args[0]
-        if not (isinstance(v, fx.Node) and v.op == "call_function" and v.target in registry.POINTWISE
-                and len(v.users) == 1 and fusible(v) is None
-                and any(u.op == "call_function" and fusible(u) is None for u in w.users)):
-            continue
-        rank = v.meta["val"].dim()
-        with gm.graph.inserting_before(v):
-            def moved_view(a):
-                if not isinstance(a, fx.Node):
-                    return a
-                t = a.meta["val"]
-                if t.dim() < rank:
-                    a = ir.new_call(gm.graph, aten.view.default,
-                                    (a, [1] * (rank - t.dim()) + list(t.shape)), like=v)
-                return ir.new_call(gm.graph, w.target, (a, *w.args[1:]), like=w)
-            args = tuple(moved_view(a) for a in v.args)
-            kwargs = {k: moved_view(x) for k, x in v.kwargs.items()}
-            new = ir.new_call(gm.graph, v.target, args, kwargs, like=v)
-        w.replace_all_uses_with(new)
-        gm.graph.erase_node(w)
-        gm.graph.erase_node(v)
-        moved += 1
-    return moved
+        if w.op == "call_function" and w.target in _SINKABLE:
+            moved += _sink(gm, w)
+    return moved + (_sink_views(gm) if moved else 0)  # to a fixed point: views move up chains
+
+
+def _sink(gm: fx.GraphModule, w: fx.Node) -> int:
+    """Move view `w` above the pointwise op it reads, when that helps (1), else 0."""
+    v = w.args[0]
+    if not (isinstance(v, fx.Node) and v.op == "call_function" and v.target in registry.POINTWISE
+            and len(v.users) == 1 and fusible(v) is None
+            and any(u.op == "call_function" and fusible(u) is None for u in w.users)):
+        return 0
+    rank = v.meta["val"].dim()
+    with gm.graph.inserting_before(v):
+        def moved_view(a):
+            if not isinstance(a, fx.Node):
+                return a
+            t = a.meta["val"]
+            if t.dim() < rank:
+                a = ir.new_call(gm.graph, aten.view.default,
+                                (a, [1] * (rank - t.dim()) + list(t.shape)), like=v)
+            return ir.new_call(gm.graph, w.target, (a, *w.args[1:]), like=w)
+        args = tuple(moved_view(a) for a in v.args)
+        kwargs = {k: moved_view(x) for k, x in v.kwargs.items()}
+        new = ir.new_call(gm.graph, v.target, args, kwargs, like=v)
+    w.replace_all_uses_with(new)
+    gm.graph.erase_node(w)
+    gm.graph.erase_node(v)
+    return 1
 
 
 # -- growing regions ---------------------------------------------------------------------------

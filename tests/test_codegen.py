@@ -330,7 +330,8 @@ def _compile_for_sm90(region, inputs):
     from triton.compiler import ASTSource
 
     from fxc.codegen import triton_gen
-    types = {F16: "*fp16", F32: "*fp32", torch.bool: "*i1", torch.int64: "*i64"}
+    types = {F16: "*fp16", F32: "*fp32", torch.bool: "*i1", torch.int64: "*i64", torch.int32: "*i32",
+             torch.bfloat16: "*bf16", torch.int8: "*i8", torch.uint8: "*u8", torch.int16: "*i16"}
     outs = region.empty_outputs(inputs)
     launch = triton_gen.plan(region, inputs, outs, interpret=False)
     fn = cache.kernel(launch)

@@ -229,11 +229,13 @@ def test_onnx_lowering_inlines_the_region():
         torch.testing.assert_close(torch.from_numpy(a), b, rtol=1e-4, atol=1e-5)
 
 
-def test_pipeline_entry_and_switch():
+def test_pipeline_entry_switch_and_dump(tmp_path):
     x, mask = inputs()
     model = Block().eval()
-    c = fxc.compile(model, (x, mask), backend="torch", generated_kernels=True)
+    c = fxc.compile(model, (x, mask), backend="torch", generated_kernels=True, dump_dir=str(tmp_path))
     assert count(c.graph, FUSED) == 2
+    dumped = sorted((tmp_path / "kernels").glob("fxc_*.py"))
+    assert len(dumped) == 2 and "@triton.jit" in dumped[0].read_text()  # readable sources
     with torch.no_grad():
         for a, b in zip(c(x, mask), model(x, mask)):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -11,6 +11,7 @@ registered there under a pseudo file name, so nothing is written to disk unless 
 """
 from __future__ import annotations
 
+import functools
 import linecache
 import os
 from typing import Any
@@ -29,6 +30,7 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "") == "1"
 
 
+@functools.cache
 def available() -> bool:
     try:
         import triton  # noqa: F401
