@@ -12,7 +12,7 @@ Example inputs by kind:
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,8 +29,7 @@ class HFModel:
     base: dict[str, Any]  # the published configuration (what differs from the class defaults)
     tiny: dict[str, Any]
     fields: tuple[str, ...] = ("last_hidden_state",)
-    seq_key: str = "max_position_embeddings"  # the config's position limit, for seq checks
-    extra: dict[str, Any] = field(default_factory=dict)  # passed to the model class
+    seq_key: str = "max_position_embeddings"  # the config's position limit (absent: 512)
 
 
 _TEXT_TINY = dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -58,8 +57,7 @@ MODELS: dict[str, HFModel] = {
         dict(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12,
              feed_forward_proj="relu"),
         dict(vocab_size=128, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
-             relative_attention_num_buckets=8, relative_attention_max_distance=16),
-        seq_key="n_positions"),
+             relative_attention_num_buckets=8, relative_attention_max_distance=16)),
     "whisper-encoder": HFModel(
         "whisper.modeling_whisper:WhisperEncoder", "WhisperConfig", "audio",
         dict(d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048,
@@ -110,16 +108,14 @@ def build(key: str, size: str, batch: int, seq: int | None = None):
     config = getattr(tf, spec.config)(**(spec.base if size == "base" else spec.tiny))
     if spec.kind == "causal":
         config.use_cache = False
-    model = _model_class(tf, spec.cls)._from_config(config, attn_implementation="sdpa",
-                                                    **spec.extra)
+    model = _model_class(tf, spec.cls)._from_config(config, attn_implementation="sdpa")
     nontrivial_(model)
-    call = dict(use_cache=False) if spec.kind == "causal" else {}
     if spec.kind in ("text", "causal"):
-        seq = check_seq(seq or (128 if size == "base" else 16), getattr(config, spec.seq_key, 512),
-                        key)
+        limit = getattr(config, spec.seq_key, None) or 512  # T5: relative positions, no table
+        seq = check_seq(seq or (128 if size == "base" else 16), limit, f"hf:{key}")
         ids = torch.randint(3, config.vocab_size, (batch, seq))  # (B, T), no special tokens
         if spec.kind == "causal":
-            return ReturnTensors(model, ("input_ids",), spec.fields, **call), (ids,)
+            return ReturnTensors(model, ("input_ids",), spec.fields, use_cache=False), (ids,)
         mask = torch.ones(batch, seq, dtype=torch.long) if batch == 1 else padding_mask(batch, seq)
         ids = ids.masked_fill(mask == 0, config.pad_token_id or 0)
         return ReturnTensors(model, ("input_ids", "attention_mask"), spec.fields), (ids, mask)
