@@ -304,10 +304,9 @@ def build_region(nodes: list[fx.Node]) -> tuple[Region, list[fx.Node], list[fx.N
             return In(inputs.index(a))
         if isinstance(a, (list, tuple)):
             return [enc(x) for x in a]
-        if isinstance(a, torch.dtype) or a is None or isinstance(a, (bool, int, float, str)):
+        if isinstance(a, (torch.dtype, torch.memory_format)) or a is None or \
+                isinstance(a, (bool, int, float, str)):
             return a
-        if a in (torch.strided, torch.preserve_format):
-            return None
         raise TypeError(f"argument {a!r}")
 
     ops = []
@@ -315,8 +314,7 @@ def build_region(nodes: list[fx.Node]) -> tuple[Region, list[fx.Node], list[fx.N
         try:
             args = tuple(enc(a) for a in n.args)
             kwargs = {k: enc(v) for k, v in n.kwargs.items()
-                      if not (k in ("layout", "memory_format", "device", "pin_memory")
-                              and v in (None, torch.strided, torch.preserve_format, False))}
+                      if not (k in ("layout", "device", "pin_memory") and v in (None, torch.strided, False))}
         except TypeError as e:
             return f"{ir.op_name(n)}: an argument the key cannot hold ({e})"
         ops.append((n.target, args, kwargs))

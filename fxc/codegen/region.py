@@ -150,6 +150,8 @@ def _enc(a):
         return {"$v": a.j}
     if isinstance(a, torch.dtype):
         return {"$dtype": str(a).replace("torch.", "")}
+    if isinstance(a, torch.memory_format) and a in registry.MEMORY_FORMATS:
+        return {"$memory_format": registry.MEMORY_FORMATS[a]}
     if isinstance(a, (list, tuple)):
         return [_enc(x) for x in a]
     if isinstance(a, dict):
@@ -167,6 +169,8 @@ def _dec(a):
             return Val(a["$v"])
         if set(a) == {"$dtype"}:
             return _DTYPE_NAMES[a["$dtype"]]
+        if set(a) == {"$memory_format"}:
+            return getattr(torch, a["$memory_format"])
         return {k: _dec(v) for k, v in a.items()}
     if isinstance(a, list):
         return [_dec(x) for x in a]

@@ -61,11 +61,17 @@ def _alpha(args, kwargs):
     return None if kwargs.get("alpha", 1) == 1 and len(args) <= 2 else "alpha != 1"
 
 
+# A copy to one of these layouts is the identity on values: the region's output is written in
+# the layout the graph recorded for it (region.py `orders`), whatever the copy asked for.
+MEMORY_FORMATS = {None: None, torch.preserve_format: "preserve_format",
+                  torch.contiguous_format: "contiguous_format", torch.channels_last: "channels_last"}
+
+
 def _cast_only(args, kwargs):
     extra = {k: v for k, v in kwargs.items() if k not in ("dtype", "memory_format")
              and not (k in ("layout", "device", "pin_memory") and v in (None, torch.strided, False))}
-    if extra or kwargs.get("memory_format") not in (None, torch.preserve_format):
-        return f"a copy that changes more than the dtype ({sorted(extra) or 'memory_format'})"
+    if extra or kwargs.get("memory_format") not in MEMORY_FORMATS:
+        return f"a copy that changes more than the dtype and layout ({sorted(extra) or 'memory_format'})"
     return None
 
 
