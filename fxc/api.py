@@ -15,7 +15,7 @@ from .capture import capture, normalize_inputs
 from .dump import StageDumper
 from .errors import FxcOptionError
 from .options import CompileOptions, resolve
-from .report import CompileReport
+from .report import CompileReport, coverage, op_census
 
 
 class CompiledModule:
@@ -120,6 +120,9 @@ def compile(model: torch.nn.Module, example_inputs, *, device=None, precision: s
                            backend_choice=_backend_choice(opts, chosen.name, passed_over))
     for title, lines in ctx.state.get("report_sections", []) + getattr(engine, "report_sections", []):
         report.add_section(title, lines)
+    for title, lines in coverage(gm, records):  # what fired, and the ops that are left
+        report.add_section(title, lines)
+    report.extra["ops_left"] = {k: dict(c) for k, c in op_census(gm).items()}
     report.total_ms = (time.perf_counter() - t_start) * 1e3
     specs = _host_specs(captured.inputs) if opts.host_inputs and opts.device.type == "cuda" \
         else captured.inputs

@@ -36,13 +36,18 @@ Rules, in the order the pass applies them:
     nodes), else in half: comparisons and index math on inputs stay exact.
 
 Where it runs: after the fusions, so fused ops get half inputs. Choices made here:
-- layer_norm and group_norm (NORMS_FP32_INSIDE) take half inputs where the engine is fxc's
+- layer_norm, group_norm and rms_norm (NORMS_FP32_INSIDE) take half inputs where the engine is fxc's
   torch runtime (`norms_in_half`, default: then): ATen's kernels (CUDA and CPU) compute mean
   and variance in fp32 from half inputs and round only the normalized output, so the
   statistics are fp32 as the policy asks, without the casts (bert-base fp16 on an H100: 25
   fp32 layer norms, 50 casts and 24 fp32 residual adds per call). For ONNX Runtime and
   TensorRT they run in fp32 with casts around: their fp16 LayerNormalization overflows after
-  attention (TensorRT warns of it). rms_norm stays fp32 everywhere.
+  attention (TensorRT warns of it). rms_norm: ATen's composite upcasts a half input to fp32
+  (opmath) for the statistics and the normalization, rounds once, then applies the weight
+  (Llama's own order), and CUDA's fused kernel (aten._fused_rms_norm, torch >= 2.8) keeps
+  everything in fp32 inside; an fp32 island would only add a cast on each side (Llama: two
+  per norm, 2 x 65 a call at TinyLlama's size), which the generated-kernel pass would then
+  have to fuse back.
 - On CUDA in half, an exact-erf GELU fused after a linear (fxc::linear_act "gelu") becomes
   "gelu_tanh", which the GEMM's cuBLASLt epilogue computes (`gelu_epilogue`): the forms differ
   by at most 4.7e-4 (at 2.7), under half's rounding there (fp16 ulp 2e-3), and it saves one
@@ -96,7 +101,7 @@ POLICY: dict[Any, str] = {
 }
 # Rule 2's fp32 ops whose ATen kernels keep the statistics in fp32 on half inputs.
 NORMS_FP32_INSIDE = {aten.layer_norm, aten.native_layer_norm, aten.group_norm,
-                     aten.native_group_norm}
+                     aten.native_group_norm, aten.rms_norm, aten._fused_rms_norm}
 MIXED_ACTIVATIONS = {aten._native_batch_norm_legit_no_training: (0,)}  # arg positions in half
 # Additive attention masks (arg position, kwarg name): there a value beyond half's range means
 # "masked" (HF writes finfo(float32).min), and saturating it to half's largest finite value
@@ -157,7 +162,7 @@ def _choice_lines(gm, low, half_norms, tanh) -> list[str]:
     norms = [n for n in ir.call_nodes(gm)
              if getattr(n.target, "overloadpacket", None) in half_norms and _dtype(n) == low]
     if norms:
-        out.append(f"({len(norms)} layer/group norm(s) read {_short(low)}: their kernels keep "
+        out.append(f"({len(norms)} layer/group/rms norm(s) read {_short(low)}: their kernels keep "
                    f"the statistics in fp32)")
     if tanh:
         out.append(f"({tanh} exact GELU(s) after a linear run as the tanh form in the GEMM "

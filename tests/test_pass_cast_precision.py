@@ -153,8 +153,49 @@ def test_layer_norm_reads_half_where_its_kernel_keeps_fp32_statistics(backend, n
     assert dtype(ln) == (torch.float16 if expect_half else torch.float32)
     if expect_half:  # half in, half weights, no cast pair around it
         assert all(dtype(a) == torch.float16 for a in ln.all_input_nodes)
-        assert any("layer/group norm(s) read fp16" in line for line in fp32_report(c))
+        assert any("layer/group/rms norm(s) read fp16" in line for line in fp32_report(c))
         assert not any(x.startswith("layer_norm (") for x in fp32_report(c))
+    after = tuple(gm(*c.example_inputs))
+    assert lowp_problem(after[0], before[0]) is None
+
+
+class RMSBlock(nn.Module):
+    """A linear, Llama's RMSNorm (recognized as aten.rms_norm), a linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.fc2 = nn.Linear(16, 16), nn.Linear(16, 16)
+        self.w = nn.Parameter(torch.rand(16) + 0.5)
+
+    def forward(self, x):
+        h = self.fc(x)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return self.fc2(self.w * h)
+
+
+@pytest.mark.parametrize("backend,expect_half", [("torch", True), ("onnxruntime", False)])
+def test_rms_norm_reads_half_on_the_torch_runtime(backend, expect_half):
+    """ATen's rms_norm keeps its statistics in fp32 on half inputs (and CUDA's fused kernel
+    all of it): no fp32 island, no cast pair around it, where fxc's torch runtime runs it."""
+    from fxc.passes import recognize_norm_act
+    x = torch.randn(2, 4, 16)
+    gm = captured(RMSBlock(), x)
+    recognize_norm_act.run(gm, ctx_for([x], precision="fp32"))
+    gm.recompile()
+    (rms,) = calls(gm, aten.rms_norm.default)
+    before = tuple(gm(x))
+    o = resolve(device=None, precision="fp16", backend=backend, verify=False, dump_dir=None,
+                disable_passes=(), default_device=torch.device("cpu"))
+    c = PassContext(o, [x])
+    cast_precision.run(gm, c)
+    gm.recompile()
+    ir.lint(gm, "cast_precision")
+    assert dtype(rms) == (torch.float16 if expect_half else torch.float32)
+    casts = calls(gm, aten._to_copy.default)
+    if expect_half:
+        assert all(dtype(a) == torch.float16 for a in rms.all_input_nodes)
+        assert len(casts) == 2, gm.code  # the graph's input in, its output back: nothing else
+        assert any("layer/group/rms norm(s) read fp16" in line for line in fp32_report(c))
     after = tuple(gm(*c.example_inputs))
     assert lowp_problem(after[0], before[0]) is None
 

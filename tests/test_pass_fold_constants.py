@@ -231,7 +231,8 @@ class WindowBias(nn.Module):
         n = w * w
         self.heads, self.n = heads, n
         self.table = nn.Parameter(torch.randn((2 * w - 1) ** 2, heads))
-        coords = torch.stack(torch.meshgrid(torch.arange(w), torch.arange(w), indexing="ij")).flatten(1)
+        grid = torch.meshgrid(torch.arange(w), torch.arange(w), indexing="ij")
+        coords = torch.stack(grid).flatten(1)
         rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (w - 1)
         self.register_buffer("index", (rel[..., 0] * (2 * w - 1) + rel[..., 1]).flatten())
 

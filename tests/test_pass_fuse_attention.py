@@ -27,6 +27,7 @@ from fxc.passes import fuse_attention
 from fxc.testing import OPS, OpRejected, OpSpec, graphs
 import passkit  # noqa: E402
 from passkit import AtenGraph, ctx, count, outputs, captured, many  # noqa: E402
+from fxc.passes import PassContext
 
 aten = torch.ops.aten
 SDPA = aten.scaled_dot_product_attention.default
@@ -89,6 +90,61 @@ class Cross(nn.Module):
         return torch.matmul(F.dropout(s.softmax(-1), 0.1, training=False), v)
 
 
+class SwinShifted(nn.Module):
+    """torchvision's shifted_window_attention after fold_constants: S + bias (1, heads, N, N),
+    viewed (B, nW, heads, N, N), + the window mask (1, nW, 1, N, N), viewed back; q scaled."""
+
+    def __init__(self, b=2, nw=4, heads=2, n=6):
+        super().__init__()
+        self.shape5 = (b, nw, heads, n, n)
+        self.register_buffer("bias", torch.randn(1, heads, n, n))
+        m = torch.zeros(nw, n, n)
+        m[1:, : n // 2, n // 2:] = -100.0  # windows 1.. mix two regions: cross terms masked
+        m[1:, n // 2:, : n // 2] = -100.0
+        self.register_buffer("mask", m)
+
+    def forward(self, q, k, v):  # (B * nW, heads, N, E)
+        s = (q * 0.3) @ k.transpose(-2, -1) + self.bias
+        s = s.view(*self.shape5) + self.mask.unsqueeze(1).unsqueeze(0)
+        return F.softmax(s.view(-1, *self.shape5[2:]), dim=-1) @ v
+
+
+class EagerCausal(nn.Module):
+    """HF's eager attention on a folded causal mask written with finfo.min, not -inf."""
+
+    def __init__(self, n=5):
+        super().__init__()
+        keep = torch.ones(n, n, dtype=torch.bool).tril()
+        self.register_buffer("mask", torch.zeros(1, 1, n, n).masked_fill(
+            ~keep, torch.finfo(torch.float32).min))
+
+    def forward(self, q, k, v):
+        return F.softmax(q @ k.transpose(2, 3) * 0.25 + self.mask, dim=-1) @ v
+
+
+class TwoMasks(nn.Module):
+    """T5: a position bias and a padding mask, both computed at run time, no scaling."""
+
+    def forward(self, q, k, v, bias, keep):
+        s = q @ k.transpose(3, 2) + bias
+        s = s.masked_fill(~keep, float("-inf"))
+        return F.softmax(s, dim=-1) @ v
+
+
+class ScaledQView(nn.Module):
+    """Whisper/BART eager: q = (linear(x) * scaling).view(...).transpose(1, 2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.kv = nn.Linear(16, 16), nn.Linear(16, 32)
+
+    def forward(self, x):  # (B, L, 16), 2 heads of 8
+        b, n = x.shape[:2]
+        q = (self.q(x) * 8 ** -0.5).view(b, n, 2, 8).transpose(1, 2)
+        k, v = self.kv(x).view(b, n, 2, 2, 8).permute(2, 0, 3, 1, 4)
+        return (q @ k.transpose(-1, -2)).softmax(-1) @ v
+
+
 def keep_mask(batch, seq):
     m = torch.ones(batch, seq, dtype=torch.long)
     m[0, seq - 2:] = 0
@@ -104,9 +160,16 @@ HAND_WRITTEN = {
     "llama_gqa": (LlamaBlock, lambda: (torch.randn(2, 6, 16), keep_mask(2, 6)),
                   [(0.5, True, False)]),
     "bmm_3d": (Bmm3d, lambda: (torch.randn(4, 5, 8), torch.randn(4, 7, 8), torch.randn(4, 7, 3),
-                               torch.randn(5, 7)), [(1.0, True, False)]),
+                               torch.randn(5, 7)), [(0.125, True, False)]),  # q * 0.125: the scale
     "cross": (Cross, lambda: (torch.randn(2, 3, 4, 8), torch.randn(2, 5, 3, 8), torch.randn(2, 3, 5, 6)),
               [(0.3, False, False)]),
+    "swin_shifted": (SwinShifted, lambda: qkv(8, 2, lq=6, lk=6), [(0.3, True, False)]),
+    "eager_causal_min": (EagerCausal, lambda: qkv(2, 2, lq=5, lk=5), [(0.25, False, True)]),
+    "t5_two_masks": (TwoMasks, lambda: qkv(2, 2, lq=5, lk=5) + (
+        torch.randn(1, 2, 5, 5),
+        torch.arange(5).expand(2, 1, 1, 5) < torch.tensor([3, 5]).view(2, 1, 1, 1)),
+        [(1.0, True, False)]),
+    "scaled_q_view": (ScaledQView, lambda: (torch.randn(2, 5, 16),), [(8 ** -0.5, False, False)]),
 }
 
 
@@ -126,6 +189,15 @@ def test_hand_written():
     # nanoGPT's masked_fill(tril == 0, -inf): SDPA keeps logical_not(cond) (a constant, folded
     # mask is is_causal instead: test_drawn_attention and test_zoo_tiny[gpt2])
     assert got[1].kwargs["attn_mask"].target is aten.logical_not.default
+    # Swin: bias and window mask added up into one constant (B * nW, heads, N, N), rows padded
+    # to 16 and read through a slice; T5: bias and padding mask combined by one where
+    swin, t5 = got[5].kwargs["attn_mask"], got[7].kwargs["attn_mask"]
+    assert swin.target is aten.slice.Tensor and swin.args[0].op == "get_attr"
+    assert tuple(getattr(gm, swin.args[0].target).shape) == (8, 2, 6, 16)
+    assert t5.target is aten.where.ScalarOther
+    # q * c, even under views (Whisper's (q_proj(x) * scaling).view().transpose()): in the scale
+    assert got[5].args[0].target is not aten.mul.Tensor
+    assert got[8].args[0].args[0].args[0].target is aten.linear.default, gm.code
     with torch.no_grad():
         for a, b in zip(outputs(gm, inputs), model(*inputs), strict=True):
             torch.testing.assert_close(a, b)
@@ -190,6 +262,11 @@ REFUSALS = {
                                                    torch.randn(2, 1, 5, 8)), "batch dims differ"),
     "mask_broadcasts_scores": (lambda: Fn(lambda q, k, v, m: attn(q, k, v, pre=lambda s: s + m)),
                                lambda: qkv(2) + (torch.randn(3, 1, 4, 5),), "broadcasts the scores"),
+    "runtime_mask_between_views": (lambda: Fn(lambda q, k, v, m: attn(q, k, v, pre=lambda s: (
+        s.view(2, 2, 4, 5) + m).view(4, 4, 5))), lambda: qkv(4) + (torch.randn(2, 1, 4, 5),),
+        "computed at run time is added between views"),
+    "scale_after_mask": (lambda: Fn(lambda q, k, v, m: attn(q, k, v, pre=lambda s: (s + m) * 0.5)),
+                         lambda: qkv(2) + (torch.randn(4, 5),), "scales the scores after a mask"),
 }
 
 
@@ -222,6 +299,61 @@ def test_fully_masked_rows_give_zero_not_nan():
     assert before[..., 1, :].isnan().all() and (after[..., 1, :] == 0).all()
     keep = torch.tensor([0, 2, 3])
     torch.testing.assert_close(after[..., keep, :], before[..., keep, :])
+
+
+# -- SDPA calls already in the graph ------------------------------------------------------------
+
+def repeat_kv(x, r):
+    """HF's repeat_kv: (B, H, S, D) -> (B, H * r, S, D) through expand and a copy."""
+    b, h, n, d = x.shape
+    return x[:, :, None].expand(b, h, r, n, d).reshape(b, h * r, n, d)
+
+
+class Sdpas(nn.Module):
+    """SDPA as HF's sdpa path and Whisper call it: q scaled before, a folded causal bool mask,
+    a constant float bias whose rows are 5 wide, GQA through repeat_kv, a run-time mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("causal", torch.ones(1, 1, 5, 5, dtype=torch.bool).tril())
+        self.register_buffer("bias", torch.randn(1, 4, 5, 5))
+
+    def forward(self, q, k, v, kv, m):  # q, k, v (2, 4, 5, 8); kv (2, 2, 5, 8); m (2, 1, 5, 5)
+        sdpa = F.scaled_dot_product_attention
+        return (sdpa(q * 0.5, k, v),  # scale None: 0.5 / sqrt(8)
+                sdpa(q, k, v, attn_mask=self.causal),
+                sdpa(q, k, v, attn_mask=self.bias),
+                sdpa(q, repeat_kv(kv, 2), repeat_kv(kv + 1, 2), is_causal=True),
+                sdpa(q, k, v, attn_mask=m))
+
+
+def sdpas_case():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 5, 8) for _ in range(3))
+    inputs = (q, k, v, torch.randn(2, 2, 5, 8), torch.randn(2, 1, 5, 5))
+    return captured(Sdpas(), *inputs), inputs
+
+
+@pytest.mark.parametrize("device,gqa", [("cpu", False), ("cuda", True)])
+def test_sdpa_calls(device, gqa):
+    """q's scale moves into SDPA's; a constant causal mask becomes is_causal; a constant bias
+    gets 16-aligned rows; on CUDA in half, repeat_kv goes and enable_gqa reads the shared
+    heads. A run-time mask is left as it is (must not fire)."""
+    from fxc.options import CompileOptions
+    gm, inputs = sdpas_case()
+    c = PassContext(CompileOptions(device=torch.device(device), precision="fp16"), list(inputs))
+    result = passkit.run_checked(fuse_attention, gm, inputs, c, passkit.close_nan)[0]
+    s = sdpas(gm)
+    assert result.rewrites == 3 + gqa, result.notes
+    assert math.isclose(s[0].kwargs["scale"], 0.5 / math.sqrt(8))
+    assert s[0].args[0].op == "placeholder"
+    assert s[1].kwargs["is_causal"] and s[1].kwargs["attn_mask"] is None
+    bias = s[2].kwargs["attn_mask"]
+    assert bias.target is aten.slice.Tensor and bias.meta["val"].stride()[-2] == 16
+    assert s[3].kwargs.get("enable_gqa", False) == gqa
+    assert (s[3].args[1].op == "placeholder") == gqa  # k itself, not its repeat
+    assert s[4].args[3].op == "placeholder"  # the run-time mask, as it was
+    assert count(gm, aten.clone.default) == (0 if gqa else 2)
 
 
 # -- ATen graphs drawn directly: every spelling, every refusal --------------------------------
