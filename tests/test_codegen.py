@@ -347,6 +347,8 @@ def test_cuda_sources_compile_for_sm90_without_a_gpu(monkeypatch):
     from triton.backends import backends
     if "nvidia" not in backends:
         pytest.skip("Triton without its NVIDIA backend")
+    if not isinstance(triton.language.standard.sum, triton.JITFunction):
+        pytest.skip("triton was first imported under TRITON_INTERPRET=1: no compiler frontend")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "1")
     gelu_tanh = [(aten.gelu.default, (In(0),), {"approximate": "tanh"}),  # libdevice tanh helper
