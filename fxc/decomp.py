@@ -17,6 +17,7 @@ aten = torch.ops.aten
 KEEP_WHOLE = (
     aten.linear.default,                        # -> one GEMM with bias (fusion, Gemm)
     aten.layer_norm.default,                    # -> LayerNormalization
+    aten.rms_norm.default,                      # -> CUDA's fused kernel (aten._fused_rms_norm)
     aten.softmax.int,                           # -> Softmax (dtype-stable)
     aten.log_softmax.int,
     aten.scaled_dot_product_attention.default,  # -> fused attention kernels

@@ -7,6 +7,13 @@
          0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))
                                                   -> aten.gelu(x, approximate="tanh")
     SiLU x * sigmoid(x)                           -> aten.silu(x)
+    layer scale  linear(x, W, b) [-> permute] * g  -> linear(x, W * g[:, None], b * g)
+
+Layer scale (timm's ConvNeXt/ViT LayerScale `x * gamma`, torchvision CNBlock's `layer_scale *
+block(x)` after its permute back) multiplies a linear's output features by a constant vector
+g: folded into the weight and bias at compile time (constants only, read by nothing else), it
+is one elementwise kernel a block less. The permute may sit between them when g varies along
+the dim the linear's features land on.
 
 D is the last dim(s), reduced with keepdim. The variance may also be var(x, D, correction=0),
 var_mean, pow(d, 2) or d * d; 1/std may be rsqrt(v), pow(v, -0.5), reciprocal(sqrt(v)) or a
@@ -43,6 +50,7 @@ import torch.fx as fx
 
 from fxc import ir
 
+from .dce import drop_unused_attributes
 from .manager import PassContext, PassResult
 from .rewrite import Refuse, Rule, is_op, run_rules
 
@@ -56,9 +64,14 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     before = _census(gm)
     result = run_rules(gm, [Rule("norm", match_norm, apply_norm),
                             Rule("gelu", match_gelu, apply_act),
-                            Rule("silu", match_silu, apply_act)], ctx)
+                            Rule("silu", match_silu, apply_act),
+                            Rule("layer_scale", match_layer_scale, apply_layer_scale)], ctx)
     after = _census(gm)
     result.stats = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+    scaled = sum(int(n.split(" x")[1]) for n in result.notes if n.startswith("layer_scale x"))
+    if scaled:
+        result.stats["layer_scale"] = scaled
+        drop_unused_attributes(gm)  # the weights and biases the scaled copies replaced
     return result
 
 
@@ -511,4 +524,77 @@ def apply_act(gm: fx.GraphModule, m, ctx: PassContext) -> int:
     with gm.graph.inserting_before(root):
         new = ir.new_call(gm.graph, target, args, kwargs, like=root)
     root.replace_all_uses_with(new)
+    return 1
+
+
+# -- rule 4: layer scale ------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class LayerScale:
+    mul: fx.Node          # the product: its users read the linear (or the permute) instead
+    linear: fx.Node
+    out: fx.Node          # what the mul multiplied: the linear, or a permute of it
+    gamma: torch.Tensor   # (out_features,)
+
+
+def match_layer_scale(n: fx.Node, ctx: PassContext):
+    if not is_op(n, aten.mul.Tensor) or not all(isinstance(a, fx.Node) for a in n.args[:2]):
+        return None
+    for y, g in (n.args[:2], n.args[1::-1]):
+        out, lin = y, y
+        if is_op(lin, aten.permute.default) and len(lin.users) == 1:
+            lin = lin.args[0]
+        if not is_op(lin, aten.linear.default) or g.op != "get_attr":
+            continue
+        gamma = _gamma(ir.fetch_attr(g.graph.owning_module, g.target), out, lin)
+        if gamma is None:
+            continue
+        w, b = lin.args[1], (lin.args[2] if len(lin.args) > 2 else None)
+        if len(lin.users) != 1 or _is_out(lin) or _is_out(out):
+            return Refuse(f"%{lin.name}'s output is also read elsewhere")
+        for p in (w, b):
+            if p is not None and (not isinstance(p, fx.Node) or p.op != "get_attr"):
+                return Refuse(f"%{lin.name}'s weight or bias is not a constant")
+            if p is not None and len(p.users) != 1:
+                return Refuse(f"%{p.name} is also read elsewhere (tied)")
+        if (why := _low_precision(n, "layer scale")):
+            return Refuse(why)
+        return LayerScale(n, lin, out, gamma)
+    return None
+
+
+def _gamma(g: torch.Tensor, out: fx.Node, lin: fx.Node) -> torch.Tensor | None:
+    """g as a vector over the linear's output features, if that is how it broadcasts."""
+    ov, lv = _val(out), _val(lin)
+    if not isinstance(g, torch.Tensor) or ov is None or lv is None or g.dtype != ov.dtype \
+            or g.dim() > ov.dim() or _val(out) is None:
+        return None
+    feat = lv.dim() - 1  # where the features land in `out`
+    if out is not lin:
+        feat = [int(p) % lv.dim() for p in out.args[1]].index(lv.dim() - 1)
+    shape = [1] * (ov.dim() - g.dim()) + list(g.shape)
+    if any(s != 1 for d, s in enumerate(shape) if d != feat) or shape[feat] != ov.shape[feat]:
+        return None
+    return g.reshape(-1)
+
+
+def apply_layer_scale(gm: fx.GraphModule, m: LayerScale, ctx: PassContext) -> int:
+    lin = m.linear
+    w_node, b_node = lin.args[1], (lin.args[2] if len(lin.args) > 2 else None)
+    w = ir.fetch_attr(gm, w_node.target)
+    with torch.no_grad():
+        new_w = (w * m.gamma.to(w.device)[:, None]).detach()
+        new_b = (ir.fetch_attr(gm, b_node.target) * m.gamma.to(w.device)).detach() \
+            if b_node is not None else None
+    w2 = ir.add_constant(gm, new_w, f"{w_node.target}_scaled", after=w_node, like=w_node)
+    args = [lin.args[0], w2]
+    if b_node is not None:
+        args.append(ir.add_constant(gm, new_b, f"{b_node.target}_scaled", after=b_node,
+                                    like=b_node))
+    lin.args = tuple(args) + tuple(lin.args[3:])
+    m.mul.replace_all_uses_with(m.out)
+    gm.graph.erase_node(m.mul)
+    for old in (w_node, b_node):
+        if old is not None and not old.users:
+            gm.graph.erase_node(old)
     return 1

@@ -103,7 +103,7 @@ class T5LayerNorm(nn.Module):
 
 
 class FunctionalRMSNorm(nn.Module):
-    """F.rms_norm: capture decomposes it (it is not kept whole); the pass puts it back."""
+    """F.rms_norm: capture keeps it whole (fxc/decomp.py: CUDA has a fused kernel)."""
 
     def __init__(self, n):
         super().__init__()
@@ -111,6 +111,25 @@ class FunctionalRMSNorm(nn.Module):
 
     def forward(self, x):
         return F.rms_norm(x, (x.shape[-1],), self.weight, eps=1e-5)
+
+
+class LayerScale(nn.Module):
+    """timm's LayerScale (x * gamma after the MLP's last linear) or, with permute, torchvision
+    CNBlock's layer_scale (C, 1, 1) * block(x) after its permute back to channels first."""
+
+    def __init__(self, permute=False, gamma=None, tied=False):
+        super().__init__()
+        self.fc, self.permute, self.tied = nn.Linear(8, 8), permute, tied
+        shape = gamma or ((8, 1, 1) if permute else (8,))
+        self.gamma = nn.Parameter(torch.rand(*shape) + 0.5)
+
+    def forward(self, x):
+        y = self.fc(x)
+        if self.permute:
+            y = y.permute(0, 3, 1, 2)
+        if self.tied:  # the weight read by a second linear: scaling it would change that one
+            return y * self.gamma, nn.functional.linear(x, self.fc.weight) * self.gamma
+        return y * self.gamma
 
 
 def gelu_python(x):  # HF's gelu_python / BERT's original
@@ -160,7 +179,10 @@ HAND_WRITTEN = {
     "llama_rms_norm_fp16": (lambda: LlamaRMSNorm(8).half(), lambda: (torch.randn(2, 5, 8).half(),),
                             {"rms_norm": 1}),
     "t5_layer_norm": (lambda: T5LayerNorm(8), x3, {"rms_norm": 1}),
-    "functional_rms_norm": (lambda: FunctionalRMSNorm(8), x3, {"rms_norm": 1}),
+    "timm_layer_scale": (lambda: LayerScale(), x3, {"layer_scale": 1}),
+    "tv_layer_scale": (lambda: LayerScale(permute=True), lambda: (torch.randn(2, 3, 3, 8),),
+                       {"layer_scale": 1}),
+    "scale_not_per_feature": (lambda: LayerScale(gamma=(5, 1)), x3, {}),
     "gelu_python": (lambda: Fn(gelu_python), x3, {"gelu": 1}),
     "new_gelu": (lambda: Fn(new_gelu), x3, {"gelu_tanh": 1}),
     "fast_gelu": (lambda: Fn(fast_gelu), x3, {"gelu_tanh": 1}),
@@ -271,7 +293,16 @@ REFUSALS = {
                         "computes in bfloat16"),
     "silu_sigmoid_reused": (lambda: Fn(lambda x: (lambda s: (x * s, s + 1))(torch.sigmoid(x))), x3,
                             "inside the pattern is also used by"),
+    "layer_scale_tied_weight": (lambda: LayerScale(tied=True), x3, "also read elsewhere (tied)"),
 }
+
+
+def test_functional_rms_norm_is_captured_whole():
+    """torch's F.rms_norm / nn.RMSNorm reach the passes as one aten.rms_norm (CUDA runs it as
+    one fused kernel, aten._fused_rms_norm) instead of seven primitives to recognize."""
+    (x,) = x3()
+    gm = captured(FunctionalRMSNorm(8), x)
+    assert [n.target for n in gm.graph.nodes if n.op == "call_function"] == [aten.rms_norm.default]
 
 
 def test_must_not_fire():
