@@ -124,6 +124,9 @@ def fusible(n: fx.Node) -> str | None:
     if isinstance(entry, registry.Pointwise) and entry.floats_only and not all(
             m.dtype.is_floating_point for m in metas):
         return f"{ir.op_name(n)} on an integer tensor"
+    if isinstance(entry, registry.Pointwise) and entry.bool_only and not all(
+            m.dtype == torch.bool for m in metas):
+        return f"{ir.op_name(n)} on a non-bool tensor"
     if isinstance(entry, registry.Reduction):
         x = n.args[0].meta["val"]
         if entry.kind != "sum" and not x.dtype.is_floating_point:

@@ -106,7 +106,15 @@ def _pointwise_step(draw, d: Draft, n_in, full_dtype):
                                        (aten.sigmoid.default, {}), (aten.relu.default, {}),
                                        (aten.gelu.default, {}), (aten.silu.default, {}),
                                        (aten.gelu.default, {"approximate": "tanh"}),
-                                       (aten.abs.default, {}), (aten.erf.default, {})]))
+                                       (aten.abs.default, {}), (aten.erf.default, {}),
+                                       (aten.hardswish.default, {}), (aten.hardsigmoid.default, {}),
+                                       (aten.relu6.default, {}), (aten.sin.default, {}),
+                                       (aten.cos.default, {}), (aten.floor.default, {}),
+                                       ("leaky_relu", {}), ("hardtanh", {})]))
+        if op == "leaky_relu":
+            return d.add(aten.leaky_relu.default, a, 0.2)
+        if op == "hardtanh":
+            return d.add(aten.hardtanh.default, a, -0.5, 2.0)
         return d.add(op, a, **kw)
     if step == "binary":
         op = draw(st.sampled_from([aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor,
@@ -131,7 +139,16 @@ def _pointwise_step(draw, d: Draft, n_in, full_dtype):
             return d.add(aten.clamp.default, a, -1.0, 0.75)
         cond = d.add(draw(st.sampled_from([aten.gt.Tensor, aten.le.Tensor])), a, b) \
             if draw(st.booleans()) else d.add(aten.lt.Scalar, a, 0.25)
+        if draw(st.booleans()):  # mask logic on booleans
+            other = d.add(aten.gt.Scalar, b, -0.5)
+            op = draw(st.sampled_from([aten.logical_and.default, aten.logical_or.default,
+                                       aten.bitwise_and.Tensor, aten.bitwise_or.Tensor]))
+            cond = d.add(op, cond, other)
+            if draw(st.booleans()):
+                cond = d.add(aten.bitwise_not.default, cond)
         if how == "where":
+            if draw(st.booleans()):
+                return d.add(aten.where.ScalarOther, cond, a, -0.25)
             return d.add(aten.where.self, cond, a, b)
         return d.add(aten.masked_fill.Scalar, a, cond, -1.5)
     if step == "cast":

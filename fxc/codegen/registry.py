@@ -49,6 +49,7 @@ class Pointwise:
     check: Callable[[tuple, dict], str | None] | None = None
     floats_only: bool = False                  # ATen refuses (or promotes) integer inputs
     cond: int = 0                              # math "sel": the operand that is the condition
+    bool_only: bool = False                    # bitwise ops: booleans only (else ~x is not 1 - x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,8 +140,27 @@ def _dtype_none(args, kwargs):
     return None if kwargs.get("dtype") is None else "a reduction with dtype="
 
 
+def _scalars_from(i):
+    def check(args, kwargs):
+        return None if all(isinstance(a, (int, float)) and not isinstance(a, bool)
+                           for a in list(args[i:]) + list(kwargs.values())) else \
+            "a parameter that is not a Python scalar"
+    return check
+
+
+def _hardtanh(args, kwargs) -> str:
+    lo, hi = (list(args[1:3]) + [-1.0, 1.0][len(args) - 1:])[:2]
+    return (f"tl.minimum(tl.maximum({{0}}, {float(lo)!r}, {MAXMIN}), {float(hi)!r}, {MAXMIN})")
+
+
+def _leaky_relu(args, kwargs) -> str:
+    slope = float(args[1]) if len(args) > 1 else float(kwargs.get("negative_slope", 0.01))
+    return f"tl.where({{0}} > 0, {{0}}, {{0}} * {slope!r})"
+
+
 P = Pointwise
 MAXMIN = "propagate_nan=tl.PropagateNan.ALL"
+RELU6 = f"tl.minimum(tl.maximum({{0}}, 0.0, {MAXMIN}), 6.0, {MAXMIN})"
 POINTWISE: dict[Any, Pointwise] = {
     aten.add.Tensor: P("{0} + {1}", 2, check=_alpha),
     aten.add.Scalar: P("{0} + {1}", 2, check=_alpha),
@@ -166,9 +186,25 @@ POINTWISE: dict[Any, Pointwise] = {
     aten.silu.default: P("{0} / (1.0 + tl.exp(-{0}))", floats_only=True),
     aten.pow.Tensor_Scalar: P(_pow, 1, check=_scalar_exponent, floats_only=True),
     aten.clamp.default: P(_clamp, 3, check=_clamp_check),
+    aten.relu6.default: P(RELU6, floats_only=True),
+    aten.hardtanh.default: P(_hardtanh, check=_scalars_from(1), floats_only=True),
+    aten.hardsigmoid.default: P(RELU6.replace("{0}", "({0} + 3.0)") + " / 6.0", floats_only=True),
+    aten.hardswish.default: P("{0} * " + RELU6.replace("{0}", "({0} + 3.0)") + " / 6.0",
+                              floats_only=True),
+    aten.leaky_relu.default: P(_leaky_relu, check=_scalars_from(1), floats_only=True),
+    aten.sin.default: P("tl.sin({0})", floats_only=True),
+    aten.cos.default: P("tl.cos({0})", floats_only=True),
+    aten.floor.default: P("tl.floor({0})", floats_only=True),
     aten.maximum.default: P(f"tl.maximum({{0}}, {{1}}, {MAXMIN})", 2),
     aten.minimum.default: P(f"tl.minimum({{0}}, {{1}}, {MAXMIN})", 2),
     aten.where.self: P("tl.where({0}, {1}, {2})", 3, math="sel"),
+    aten.where.ScalarOther: P("tl.where({0}, {1}, {2})", 3, math="sel"),
+    aten.where.ScalarSelf: P("tl.where({0}, {1}, {2})", 3, math="sel"),
+    aten.logical_and.default: P("({0} != 0) & ({1} != 0)", 2, math="cmp"),
+    aten.logical_or.default: P("({0} != 0) | ({1} != 0)", 2, math="cmp"),
+    aten.bitwise_and.Tensor: P("{0} & {1}", 2, bool_only=True),
+    aten.bitwise_or.Tensor: P("{0} | {1}", 2, bool_only=True),
+    aten.bitwise_not.default: P("1 - {0}", bool_only=True),
     aten.masked_fill.Scalar: P("tl.where({1}, {2}, {0})", 3, math="sel", check=_masked_fill_check,
                                  cond=1),
     aten.eq.Tensor: P("{0} == {1}", 2, math="cmp"), aten.eq.Scalar: P("{0} == {1}", 2, math="cmp"),

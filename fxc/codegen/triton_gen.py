@@ -120,8 +120,10 @@ def plan(region: Region, inputs: list[torch.Tensor], outputs: list[torch.Tensor]
     i_sizes, i_st = _collapse(inner, [s[-k:] for s in ops_st])
     const_row = [all(s == 0 for s in st) for st in i_st[:len(inputs)]]
     spec = _spec(region, dtypes, ("row", len(o_sizes), len(i_sizes), tuple(const_row), idx64,
-                                  interpret))
-    rb = max(16, 1 << (row - 1).bit_length())
+                                  interpret, row == 1))
+    # a row of one element: every value is [ROWS, 1] (else a masked [ROWS, 16] tile would meet
+    # [ROWS, 1] stores of values the shapes call reduced)
+    rb = 1 if row == 1 else max(16, 1 << (row - 1).bit_length())
     nrows = max(1, min(64, MAX_TILE // rb, 1 << (rows - 1).bit_length()))
     name = f"fxc_row_{spec}"
     src = _source(region, vals, inputs, name, "row", len(o_sizes), len(i_sizes), const_row,
