@@ -7,7 +7,8 @@
          0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))
                                                   -> aten.gelu(x, approximate="tanh")
     SiLU x * sigmoid(x)                           -> aten.silu(x)
-    layer scale  linear(x, W, b) [-> permute] * g  -> linear(x, W * g[:, None], b * g)
+    layer scale  linear(x, W, b) [-> permute] [-> clone] * g
+                                                  -> linear(x, W * g[:, None], b * g) ...
 
 Layer scale (timm's ConvNeXt/ViT LayerScale `x * gamma`, torchvision CNBlock's `layer_scale *
 block(x)` after its permute back) multiplies a linear's output features by a constant vector
@@ -541,12 +542,15 @@ def match_layer_scale(n: fx.Node, ctx: PassContext):
     if not is_op(n, aten.mul.Tensor) or not all(isinstance(a, fx.Node) for a in n.args[:2]):
         return None
     for y, g in (n.args[:2], n.args[1::-1]):
-        out, lin = y, y
-        if is_op(lin, aten.permute.default) and len(lin.users) == 1:
-            lin = lin.args[0]
+        out, lin, perm = y, y, None
+        for _ in range(2):  # through a permute back to channels first, an eval dropout's clone
+            if is_op(lin, aten.permute.default) and len(lin.users) == 1 and perm is None:
+                perm, lin = lin, lin.args[0]
+            elif is_op(lin, aten.clone.default) and len(lin.users) == 1:
+                lin = lin.args[0]
         if not is_op(lin, aten.linear.default) or g.op != "get_attr":
             continue
-        gamma = _gamma(ir.fetch_attr(g.graph.owning_module, g.target), out, lin)
+        gamma = _gamma(ir.fetch_attr(g.graph.owning_module, g.target), out, lin, perm)
         if gamma is None:
             continue
         w, b = lin.args[1], (lin.args[2] if len(lin.args) > 2 else None)
@@ -555,23 +559,24 @@ def match_layer_scale(n: fx.Node, ctx: PassContext):
         for p in (w, b):
             if p is not None and (not isinstance(p, fx.Node) or p.op != "get_attr"):
                 return Refuse(f"%{lin.name}'s weight or bias is not a constant")
-            if p is not None and len(p.users) != 1:
-                return Refuse(f"%{p.name} is also read elsewhere (tied)")
+        if len(w.users) != 1:  # a shared bias (cse merges equal ones) is copied, a weight not
+            return Refuse(f"%{w.name} is also read elsewhere (tied)")
         if (why := _low_precision(n, "layer scale")):
             return Refuse(why)
         return LayerScale(n, lin, out, gamma)
     return None
 
 
-def _gamma(g: torch.Tensor, out: fx.Node, lin: fx.Node) -> torch.Tensor | None:
+def _gamma(g: torch.Tensor, out: fx.Node, lin: fx.Node,
+           perm: fx.Node | None) -> torch.Tensor | None:
     """g as a vector over the linear's output features, if that is how it broadcasts."""
     ov, lv = _val(out), _val(lin)
     if not isinstance(g, torch.Tensor) or ov is None or lv is None or g.dtype != ov.dtype \
-            or g.dim() > ov.dim() or _val(out) is None:
+            or g.dim() > ov.dim() or ov.dim() != lv.dim():
         return None
     feat = lv.dim() - 1  # where the features land in `out`
-    if out is not lin:
-        feat = [int(p) % lv.dim() for p in out.args[1]].index(lv.dim() - 1)
+    if perm is not None:
+        feat = [int(p) % lv.dim() for p in perm.args[1]].index(lv.dim() - 1)
     shape = [1] * (ov.dim() - g.dim()) + list(g.shape)
     if any(s != 1 for d, s in enumerate(shape) if d != feat) or shape[feat] != ov.shape[feat]:
         return None

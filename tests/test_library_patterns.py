@@ -72,6 +72,28 @@ def test_torchvision_swin_shifted_windows():
     assert all(m.op == "get_attr" for m in masks)  # 16 keys: rows already aligned, no slice
 
 
+# -- timm ViT: the fused_attn=False path and layer scale ----------------------------------------
+
+def test_timm_vit_eager_attention_and_layer_scale():
+    """timm's Attention with fused_attn=False: q * scale, q @ k^T, softmax, @ v -> SDPA with the
+    scale; LayerScale (init_values) after attn.proj and mlp.fc2: folded into those linears."""
+    library("timm")
+    from timm.models.vision_transformer import VisionTransformer
+    from fxc.models.garden._libs import nontrivial_
+    model = VisionTransformer(img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+                              num_classes=4, init_values=0.1)
+    nontrivial_(model)  # zero biases and equal gammas would be merged by cse, as if tied
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False
+    gm, rec = passes(model, (torch.randn(1, 3, 16, 16),))
+    assert rec["fuse_attention"].rewrites == 1 and not refused(rec["fuse_attention"])
+    (s,) = calls(gm, SDPA)
+    assert s.kwargs["scale"] == 16 ** -0.5 and s.args[0].target is not aten.mul.Tensor
+    assert rec["recognize_norm_act"].stats == {"layer_scale": 2}
+    assert not calls(gm, aten.mul.Tensor, aten.softmax.int)
+
+
 # -- transformers: HF's sdpa and eager paths -----------------------------------------------------
 
 def hf(cls, config, attn="sdpa", **kw):
