@@ -54,7 +54,7 @@ from fxc.codegen.region import In, Region, Val, dense_strides, dim_order, same_s
 from .manager import PassContext, PassResult
 
 aten = torch.ops.aten
-FUSED = None  # torch.ops.fxc.fused_region.default, set on first use
+FUSED = torch.ops.fxc.fused_region.default
 MAX_RANK = 8
 
 
@@ -93,7 +93,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     if sunk:
         summary.append(f"{sunk} views moved above the pointwise op that fed them")
     notes = summary + notes + [f"refused {why} (x{c})" for why, c in sorted(refused.items())]
-    return PassResult(rewrites=regions, notes=notes,
+    return PassResult(rewrites=regions + sunk, notes=notes,
                       stats={"regions": regions, "ops_absorbed": absorbed, "kernels": len(specs)})
 
 
@@ -334,8 +334,6 @@ def build_region(nodes: list[fx.Node]) -> tuple[Region, list[fx.Node], list[fx.N
 
 
 def _replace(gm, nodes, ctx, specs: set, notes: list, refused) -> bool:
-    global FUSED
-    FUSED = torch.ops.fxc.fused_region.default
     built = build_region(nodes)
     if isinstance(built, str):
         refused[built] += 1

@@ -121,7 +121,7 @@ def test_a_permute_between_pointwise_ops_moves_onto_the_operands():
     x = torch.randn(2, 8, 3, 5)
     gm = passkit.captured(ConvNeXtTail(), x)
     result = run_checked(gm, (x,))
-    assert result.rewrites == count(gm, FUSED) == 1, result.notes
+    assert count(gm, FUSED) == 1 and result.rewrites == 2, result.notes  # a region, a view moved
     assert "1 views moved above the pointwise op that fed them" in result.notes
     assert count(gm, aten.mul.Tensor, aten.add.Tensor) == 0
     (node,) = [n for n in gm.graph.nodes if n.target is FUSED]
