@@ -187,7 +187,7 @@ def _source(region: Region, vals, inputs, name: str, kind: str, n_a: int, n_b: i
         body += [f"r = {pid} * ROWS + tl.arange(0, ROWS)[:, None]",
                  "c = tl.arange(0, RB)[None, :]", "rmask = r < rows", "cmask = c < R",
                  "mask = rmask & cmask"]
-        body += [s.replace("osize", "osize") for s in _decompose("r", "o", n_a, "osize")]
+        body += _decompose("r", "o", n_a, "osize")
         body += _decompose("c", "j", n_b, "isize")
         outer = {p: " + ".join(f"o{d} * {p}_o{d}" for d in range(n_a)) for p in ptrs}
         innr = {p: " + ".join(f"j{d} * {p}_i{d}" for d in range(n_b)) for p in ptrs}
