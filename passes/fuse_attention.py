@@ -25,7 +25,10 @@ extended mask, Llama's causal + padding mask) is passed as attn_mask. masked_fil
 where(keep, S, -inf) passes keep itself. A constant mask (a folded buffer) that keeps exactly
 the causal lower triangle becomes is_causal=True. Eval dropout (a clone) and a cast between
 the softmax and the second matmul are looked through (to refuse them with a reason). A scalar
-multiplying (or dividing) q or k before the matmul moves into the scale.
+multiplying (or dividing) q or k before the matmul moves into the scale, also under views and
+copies (HF's (q_proj(h) * scaling).view(...).transpose(1, 2): the view then reads q_proj(h)).
+HF's eager masks write finfo(dtype).min, not -inf: for the causal test such values count as
+-inf (every causal row keeps its diagonal, so their weights are exactly 0 either way).
 
 Several masks, and views between them (torchvision Swin's shifted windows: S + bias, viewed
 (B, nW, heads, N, N), + window mask, viewed back): when every mask is a constant (get_attr
@@ -581,7 +584,7 @@ def match_sdpa(node: fx.Node, ctx: PassContext):
     if mask is not None and not args.get("is_causal", False):
         t = _const_value(mask)
         sv = ir.tensor_meta(node)
-        if t is not None and sv is not None:
+        if t is not None and sv is not None and t.dim() >= 1:
             scores = torch.Size(list(sv.shape[:-1]) + [ir.tensor_meta(k).shape[-2]])
             z = torch.zeros((), dtype=qv.dtype, device=t.device).masked_fill(~t, float("-inf")) \
                 if t.dtype == torch.bool else t.to(qv.dtype)
