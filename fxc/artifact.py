@@ -14,10 +14,17 @@ compiled one did (runtime/inputs.py).
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import hashlib
 import inspect
 import json
 import os
+import shutil
+import sys
+import tempfile
+import warnings
 from typing import Any
 
 import torch
@@ -25,8 +32,9 @@ import torch.utils._pytree as pytree
 
 from .errors import FxcArtifactError, FxcBackendUnavailableError
 
-FORMAT, FORMAT_VERSION = "fxc-artifact", 1
+FORMAT, FORMAT_VERSION = "fxc-artifact", 2  # 2: the manifest carries its own SHA-256
 MANIFEST = "manifest.json"
+MANIFEST_HASH = "manifest_sha256"
 _MANIFEST_LIMIT = 64 << 20
 _DTYPES = {str(d).replace("torch.", ""): d for d in (
     torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32,
@@ -37,44 +45,143 @@ _JSON_SCALARS = (type(None), bool, int, float, str)
 # -- save -------------------------------------------------------------------------------------
 
 def save(compiled, directory: str) -> str:
-    """Write `compiled`'s artifact into `directory` (created if needed); returns the manifest path."""
+    """Write `compiled`'s artifact into `directory`; returns the manifest path.
+
+    Atomic: everything is written into a fresh staging directory beside `directory`, flushed,
+    then swapped into place in one rename, so a save that is killed midway leaves the previous
+    artifact whole (a hidden `.NAME.saving-*` folder may be left beside it). The staging
+    directory is new, so no symlink planted in `directory` is ever written through.
+    `directory` must be absent, empty, or an fxc artifact (which is replaced); anything else
+    is refused rather than mixed with or deleted.
+    """
     from fxc.lowering import save as save_onnx
     from fxc.lowering import to_onnx
     opts, engine = compiled.options, compiled.engine
+    target = os.path.abspath(directory)
+    _check_target(target)
     lowered = getattr(engine, "lowered", None)
     if lowered is None:  # the torch backend: lower its final graph for deployment
+        warnings.warn("the torch backend has no artifact format of its own: saving the final "
+                      "graph as ONNX, which fxc.load runs on ONNX Runtime", stacklevel=3)
         lowered = to_onnx(compiled.graph, opset=opts.opset, dynamic_batch=opts.dynamic_batch)
-    os.makedirs(directory, exist_ok=True)
-    files = save_onnx(lowered.model, os.path.join(directory, "model.onnx"),
-                      opts.external_data_threshold)
-    backend = "tensorrt" if engine.name == "tensorrt" else "onnxruntime"
-    if backend == "tensorrt":
-        with open(os.path.join(directory, "model.engine"), "wb") as f:
-            f.write(engine.engine_bytes)
-        files.append("model.engine")
-    manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
-        "versions": _versions(),
-        "backend": backend, "compiled_backend": engine.name,
-        "device": str(opts.device), "precision": opts.precision, "opset": lowered.opset,
-        "dynamic_batch": lowered.dynamic_batch, "captured_batch": lowered.captured_batch,
-        "inputs": [_spec_json(s) for s in compiled.checker.specs],
-        "in_spec": _dumps(compiled.checker.in_spec, "input"),
-        "out_spec": _dumps(compiled.out_spec, "output"),
-        "layout": _layout_json(getattr(compiled.checker, "layout", None)),
-        "onnx": {"file": "model.onnx", "input_names": lowered.input_names,
-                 "output_names": lowered.output_names,
-                 "output_slots": [_slot_json(s) for s in lowered.output_slots],
-                 "batch_outputs": lowered.batch_outputs},
-        "engine": {"file": "model.engine"} if backend == "tensorrt" else None,
-        "files": {name: _file_entry(os.path.join(directory, name)) for name in files},
-    }
-    path = os.path.join(directory, MANIFEST)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, path)
-    return path
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.saving-", dir=parent)
+    try:
+        files = save_onnx(lowered.model, os.path.join(staging, "model.onnx"),
+                          opts.external_data_threshold)
+        backend = "tensorrt" if engine.name == "tensorrt" else "onnxruntime"
+        if backend == "tensorrt":
+            with open(os.path.join(staging, "model.engine"), "wb") as f:
+                f.write(engine.engine_bytes)
+            files.append("model.engine")
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "versions": _versions(),
+            "backend": backend, "compiled_backend": engine.name,
+            "device": str(opts.device), "precision": opts.precision, "opset": lowered.opset,
+            "dynamic_batch": lowered.dynamic_batch, "captured_batch": lowered.captured_batch,
+            "inputs": [_spec_json(s) for s in compiled.checker.specs],
+            "in_spec": _dumps(compiled.checker.in_spec, "input"),
+            "out_spec": _dumps(compiled.out_spec, "output"),
+            "layout": _layout_json(getattr(compiled.checker, "layout", None)),
+            "onnx": {"file": "model.onnx", "input_names": lowered.input_names,
+                     "output_names": lowered.output_names,
+                     "output_slots": [_slot_json(s) for s in lowered.output_slots],
+                     "batch_outputs": lowered.batch_outputs},
+            "engine": {"file": "model.engine"} if backend == "tensorrt" else None,
+            "files": {name: _file_entry(os.path.join(staging, name)) for name in files},
+        }
+        manifest[MANIFEST_HASH] = manifest_digest(manifest)
+        with open(os.path.join(staging, MANIFEST), "w") as f:
+            json.dump(manifest, f, indent=1)
+        _flush(staging, files + [MANIFEST])
+        _swap_into_place(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # after a swap it holds the old artifact
+    return os.path.join(target, MANIFEST)
+
+
+def manifest_digest(manifest: dict) -> str:
+    """SHA-256 of the manifest's canonical JSON without its own hash field. It catches a
+    manifest edited, truncated or corrupted after the save (not a forger who recomputes it:
+    an artifact carries no key)."""
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_HASH}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_target(target: str) -> None:
+    """Refuse a target that is a symlink, a file, or a directory holding something other than
+    an fxc artifact: save() replaces the directory as a whole."""
+    if os.path.islink(target):
+        raise FxcArtifactError(f"{target!r} is a symlink; save() writes real directories only")
+    if not os.path.exists(target):
+        return
+    if not os.path.isdir(target):
+        raise FxcArtifactError(f"{target!r} exists and is not a directory")
+    entries = os.listdir(target)
+    if entries and MANIFEST not in entries:
+        raise FxcArtifactError(f"{target!r} is not empty and holds no fxc artifact "
+                               f"({len(entries)} entries); save() replaces the whole directory, "
+                               f"so give it an empty or new one")
+
+
+def _flush(directory: str, names: list[str]) -> None:
+    """fsync every written file and the directory, so the swap publishes complete bytes."""
+    for name in names:
+        fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some filesystems cannot fsync a directory
+        pass
+    finally:
+        os.close(fd)
+
+
+def _swap_into_place(staging: str, target: str) -> None:
+    """Make `staging` the directory at `target`. A missing target is one rename; an existing
+    one is exchanged with staging in one renameat2(RENAME_EXCHANGE) (Linux), so at every
+    instant `target` is the old artifact or the new one. Where the exchange is unavailable,
+    two renames: a kill between them leaves the old artifact whole in a `.NAME.old-*` folder."""
+    if not os.path.exists(target):
+        os.rename(staging, target)
+    elif not _rename_exchange(staging, target):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-",
+                               dir=os.path.dirname(target))
+        os.rmdir(old)
+        os.rename(target, old)
+        os.rename(staging, target)
+        os.rename(old, staging)  # so the caller's cleanup removes the old artifact
+    _fsync_dir(os.path.dirname(target))
+
+
+def _rename_exchange(a: str, b: str) -> bool:
+    """Atomically exchange the paths `a` and `b` (Linux renameat2); False where unsupported."""
+    if sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # no kernel/filesystem support
+        return False
+    raise OSError(err, f"renameat2 exchange of {a!r} and {b!r}: {os.strerror(err)}")
 
 
 def _versions() -> dict[str, str]:
@@ -154,22 +261,30 @@ def load(directory: str, device: str | torch.device | None = None) -> LoadedModu
         raise FxcArtifactError(f"{directory!r} is not a directory")
     root = os.path.realpath(directory)
     manifest = _read_manifest(root)
-    files = _verified_files(root, manifest)
-    dev = torch.device(device) if device is not None else torch.device(manifest["device"])
+    with _malformed("manifest"):
+        files = _verified_files(root, manifest)
+        dev = torch.device(device if device is not None else manifest["device"])
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise FxcBackendUnavailableError(f"the artifact runs on {dev}, and CUDA is not available")
-    lowered = _lowered(root, manifest, files)
+    with _malformed("manifest 'onnx' section"):
+        lowered = _lowered(root, manifest, files)
     if manifest["backend"] == "tensorrt":
         from fxc.runtime.trt_engine import TrtEngine, unavailable
         why = unavailable(dev)
         if why:
             raise FxcBackendUnavailableError(f"backend 'tensorrt': {why}")
-        engine = TrtEngine(files[_field(manifest, "engine", dict)["file"]], lowered, dev)
+        with _malformed("manifest 'engine' section"):
+            blob = files[_field(manifest, "engine", dict)["file"]]
+        engine = TrtEngine(blob, lowered, dev)
     else:
         from fxc.runtime.ort_engine import OrtEngine
         engine = OrtEngine(lowered, dev, model_path=lowered.model_path)
-    checker = _checker(manifest, dev, getattr(engine, "batch", None))
-    out_spec = _loads(manifest["out_spec"], "out_spec")
+    with _malformed("manifest"):
+        checker = _checker(manifest, dev, lowered, getattr(engine, "batch", None))
+        out_spec = _loads(manifest["out_spec"], "out_spec")
+        if out_spec.num_leaves != len(lowered.output_slots):
+            raise FxcArtifactError(f"out_spec holds {out_spec.num_leaves} outputs; the manifest's "
+                                   f"output slots are {len(lowered.output_slots)}")
     return LoadedModule(engine, checker, out_spec, manifest)
 
 
@@ -196,7 +311,57 @@ def _read_manifest(root: str) -> dict:
         _field(m, key, typ)
     if m["backend"] not in ("onnxruntime", "tensorrt"):
         raise FxcArtifactError(f"unknown backend {m['backend']!r} in the manifest")
+    if m.get(MANIFEST_HASH) != manifest_digest(m):
+        raise FxcArtifactError(f"{path}: the manifest does not match its own SHA-256: it was "
+                               f"edited or corrupted after the save")
+    _check_versions(m)
     return m
+
+
+def _check_versions(m: dict) -> None:
+    """Refuse an artifact this installation cannot be trusted to run as it was saved: another
+    fxc release (lowering and manifest may differ), an opset beyond the installed onnx, or a
+    model saved for a newer onnxruntime than the installed one."""
+    import onnx
+
+    import fxc
+    saved = _field(m, "versions", dict)
+    if _release(saved.get("fxc")) != _release(fxc.__version__):
+        raise FxcArtifactError(f"the artifact was saved by fxc {saved.get('fxc')!r}; this is fxc "
+                               f"{fxc.__version__}: re-save it with this fxc")
+    opset = m.get("opset")
+    if not isinstance(opset, int) or not 1 <= opset <= onnx.defs.onnx_opset_version():
+        raise FxcArtifactError(f"the artifact's opset {opset!r} is not one the installed onnx "
+                               f"{onnx.__version__} knows (1..{onnx.defs.onnx_opset_version()})")
+    if m["backend"] == "onnxruntime" and "onnxruntime" in saved:
+        try:
+            import onnxruntime
+        except ImportError:
+            return  # the engine says so when it is built
+        if _release(onnxruntime.__version__) < _release(saved["onnxruntime"]):
+            raise FxcArtifactError(f"the artifact was saved with onnxruntime {saved['onnxruntime']!r}"
+                                   f"; the installed {onnxruntime.__version__} is older: upgrade it "
+                                   f"or re-save the model here")
+
+
+def _release(version) -> tuple[int, ...]:
+    """(major, minor) of a version string; FxcArtifactError for anything else."""
+    try:
+        return tuple(int(p) for p in str(version).split("+")[0].split(".")[:2])
+    except ValueError:
+        raise FxcArtifactError(f"version {version!r} in the manifest is not a release number") from None
+
+
+@contextlib.contextmanager
+def _malformed(what: str):
+    """Turn the errors a wrongly typed or missing manifest field raises while it is parsed
+    into FxcArtifactError, naming the section: a user never sees a bare KeyError."""
+    try:
+        yield
+    except FxcArtifactError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+        raise FxcArtifactError(f"{what} is malformed: {type(e).__name__}: {e}") from None
 
 
 def _field(m: dict, key: str, typ):
@@ -267,11 +432,20 @@ def _lowered(root: str, manifest: dict, files: dict[str, bytes]):
                                    f"does not list (and so did not hash)")
     try:
         names_in = [i.name for i in model.graph.input]
-        slots = [s if isinstance(s, int) else ("const", s["const"]) for s in meta["output_slots"]]
-        low = LoweredOnnx(model, list(meta["input_names"]), list(meta["output_names"]), slots,
-                          [bool(x) for x in meta["batch_outputs"]],
-                          bool(manifest.get("dynamic_batch")), int(manifest.get("opset", 17)),
-                          manifest.get("captured_batch"))
+        n_out = len(_list_of(meta["output_names"], str, "onnx.output_names"))
+        slots = [_slot(s, n_out) for s in _list_of(meta["output_slots"], (int, dict),
+                                                    "onnx.output_slots")]
+        batch_outputs = _list_of(meta["batch_outputs"], bool, "onnx.batch_outputs")
+        if len(batch_outputs) != n_out:
+            raise FxcArtifactError(f"onnx.batch_outputs has {len(batch_outputs)} entries for "
+                                   f"{n_out} outputs")
+        captured = manifest.get("captured_batch")
+        if captured is not None and not _is_int(captured, 1):
+            raise FxcArtifactError(f"captured_batch {captured!r} is not a positive integer")
+        low = LoweredOnnx(model, _list_of(meta["input_names"], str, "onnx.input_names"),
+                          list(meta["output_names"]), slots, batch_outputs,
+                          _bool(manifest.get("dynamic_batch", False), "dynamic_batch"),
+                          manifest["opset"], captured)
     except (KeyError, TypeError, ValueError) as e:
         raise FxcArtifactError(f"manifest 'onnx' section is malformed: {e}") from None
     if names_in != low.input_names or [o.name for o in model.graph.output] != low.output_names:
@@ -279,6 +453,44 @@ def _lowered(root: str, manifest: dict, files: dict[str, bytes]):
     # With external data ONNX Runtime must read the model from its file (already verified).
     low.model_path = os.path.join(root, name) if external else None
     return low
+
+
+def _is_int(v, lo: int = 0) -> bool:
+    return type(v) is int and v >= lo  # bool is an int subclass: not a size
+
+
+def _bool(v, what: str) -> bool:
+    if type(v) is not bool:
+        raise FxcArtifactError(f"manifest field {what} is {v!r}, not true/false")
+    return v
+
+
+def _list_of(v, types, what: str) -> list:
+    if not isinstance(v, list) or any(type(x) not in (types if isinstance(types, tuple)
+                                                      else (types,)) for x in v):
+        raise FxcArtifactError(f"manifest field {what} is not a list of "
+                               f"{getattr(types, '__name__', types)}: {v!r:.80}")
+    return v
+
+
+def _slot(s, n_out: int):
+    """An output slot: an index into the ONNX outputs, or {"const": scalar}."""
+    if type(s) is int:
+        if not 0 <= s < n_out:
+            raise FxcArtifactError(f"output slot {s} points past the model's {n_out} outputs")
+        return s
+    if set(s) != {"const"} or not isinstance(s["const"], _JSON_SCALARS):
+        raise FxcArtifactError(f"output slot {s!r:.80} is neither an index nor a constant")
+    return ("const", s["const"])
+
+
+def _onnx_inputs(model) -> list[tuple[int, list]]:
+    """(elem_type, dims) per ONNX graph input; a dim is an int or its symbolic name."""
+    out = []
+    for vi in model.graph.input:
+        t = vi.type.tensor_type
+        out.append((t.elem_type, [d.dim_param or d.dim_value for d in t.shape.dim]))
+    return out
 
 
 def _external_locations(model) -> set[str]:
@@ -293,21 +505,43 @@ def _external_locations(model) -> set[str]:
     return locs
 
 
-def _checker(manifest: dict, device: torch.device, batch=None):
-    """The input checker of the saved specs; `batch`: the engine's DynamicBatch, if any."""
+def _checker(manifest: dict, device: torch.device, lowered, batch=None):
+    """The input checker of the saved specs, each tensor spec checked against the hashed ONNX
+    model's own input (dtype and static dims); `batch`: the engine's DynamicBatch, if any."""
     from fxc.capture import InputSpec
+    from fxc.lowering.builder import TORCH_TO_ONNX
     from fxc.runtime import InputChecker
-    specs = []
-    for s in manifest["inputs"]:
-        try:
-            if s["tensor"]:
-                specs.append(InputSpec(str(s["name"]), True, _DTYPES[s["dtype"]],
-                                       tuple(int(d) for d in s["shape"]), device))
-            else:
-                specs.append(InputSpec(str(s["name"]), False, value=s["value"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise FxcArtifactError(f"manifest input spec {s!r} is malformed: {e}") from None
+    specs, onnx_inputs = [], _onnx_inputs(lowered.model)
+    for s in _list_of(manifest["inputs"], dict, "inputs"):
+        name = s.get("name")
+        if not isinstance(name, str) or type(s.get("tensor")) is not bool:
+            raise FxcArtifactError(f"manifest input spec {s!r:.80} is malformed")
+        if not s["tensor"]:
+            if not isinstance(s.get("value"), _JSON_SCALARS):
+                raise FxcArtifactError(f"manifest input {name!r}: constant {s.get('value')!r:.40} "
+                                       f"is not a JSON scalar")
+            specs.append(InputSpec(name, False, value=s["value"]))
+            continue
+        dtype, shape = _DTYPES.get(s.get("dtype")), s.get("shape")
+        if dtype is None or not isinstance(shape, list) or not all(_is_int(d) for d in shape):
+            raise FxcArtifactError(f"manifest input {name!r}: dtype {s.get('dtype')!r} / shape "
+                                   f"{shape!r:.60} is not a known dtype and a list of sizes")
+        k = sum(1 for x in specs if x.is_tensor)
+        if k >= len(onnx_inputs):
+            raise FxcArtifactError(f"manifest input {name!r} has no input in the ONNX model")
+        elem, dims = onnx_inputs[k]
+        if (TORCH_TO_ONNX.get(dtype) != elem or len(dims) != len(shape)
+                or any(isinstance(d, int) and d != n for d, n in zip(dims, shape))):
+            raise FxcArtifactError(f"manifest input {name!r} says {s['dtype']}{shape}; the ONNX "
+                                   f"model's input {k} takes {dims} of ONNX type {elem}")
+        specs.append(InputSpec(name, True, dtype, tuple(shape), device))
+    if sum(1 for x in specs if x.is_tensor) != len(onnx_inputs):
+        raise FxcArtifactError(f"the manifest lists {sum(x.is_tensor for x in specs)} tensor "
+                               f"inputs; the ONNX model takes {len(onnx_inputs)}")
     in_spec = _loads(manifest["in_spec"], "in_spec")
+    if in_spec.num_leaves != len(specs):
+        raise FxcArtifactError(f"in_spec holds {in_spec.num_leaves} inputs; the manifest lists "
+                               f"{len(specs)}")
     layout = _layout(manifest.get("layout"))
     return InputChecker(specs, in_spec, layout, batch)
 
