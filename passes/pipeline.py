@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from . import dce
 from . import cse, fold_constants, noops
-from . import fuse_bn, fuse_conv, fuse_linear
+from . import flatten_linear, fuse_bn, fuse_conv, fuse_linear
 from . import fuse_attention, merge_parallel_linear, recognize_norm_act
 from . import align_gemm, cast_precision, fuse_add_norm, fuse_regions, layout
 from .manager import Pass
@@ -28,6 +28,7 @@ PIPELINE: list[Pass] = [
     Pass("fuse_bn", fuse_bn.run, numerics="reassoc"),  # fold eval BN into conv/linear weights
     Pass("fuse_conv", fuse_conv.run, numerics="reassoc"),  # conv2d + bias (+ residual add) + activation -> one fxc op
     Pass("fuse_linear", fuse_linear.run, numerics="reassoc"),  # linear + bias + relu/gelu -> fxc::linear_act
+    Pass("flatten_linear", flatten_linear.run, numerics="reassoc"),  # N-D linear -> 2-D GEMM: bias in the epilogue when planned
     Pass("cast_precision", cast_precision.run, numerics="lowp",  # fp16/bf16 compute, sensitive ops in fp32
          when=lambda o: o.precision != "fp32"),
     Pass("align_gemm", align_gemm.run, numerics="lowp",  # pad half GEMMs' N to x8 for tensor cores (gpt2's LM head)
