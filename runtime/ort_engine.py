@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import threading
 
 import numpy as np
 import torch
@@ -90,8 +91,9 @@ class OrtEngine:
         else:
             providers = ["CPUExecutionProvider"]
         self.session = _session(lowered, so, providers, model_path, external_threshold)
-        self._binding = Binding(self.session, "cuda" if device.type == "cuda" else "cpu",
-                                device.index or 0)
+        # One IO binding per calling thread: a binding is mutable state (bound pointers), and
+        # ONNX Runtime runs one session from several threads at once, each with its own.
+        self._bindings = threading.local()
         self._outputs = _output_specs(lowered)
         self._empty_output = any(0 in (shape[1:] if is_batch else shape)
                                  for _, shape, is_batch in self._outputs)
@@ -103,7 +105,7 @@ class OrtEngine:
         low = self.lowered
         if self._empty_output or any(x.numel() == 0 for x in inputs):
             return self._run_copying(inputs)  # empty tensors have no memory to bind
-        binding = self._binding
+        binding = self._binding()
         kept = []  # keep contiguous copies alive until the run is done
         for name, x in zip(low.input_names, inputs):
             x = x.contiguous()
@@ -123,6 +125,14 @@ class OrtEngine:
         except Exception as e:
             raise FxcRuntimeError(f"onnxruntime failed: {type(e).__name__}: {e}") from e
         return _assemble(low, outs)
+
+    def _binding(self) -> "Binding":
+        b = getattr(self._bindings, "b", None)
+        if b is None:
+            dev = self.device
+            b = self._bindings.b = Binding(self.session, "cuda" if dev.type == "cuda" else "cpu",
+                                           dev.index or 0)
+        return b
 
     def _output_shapes(self, batch: int | None) -> list[tuple[int, ...]]:
         """The outputs' shapes for this batch size (None: static), worked out once per size."""

@@ -18,7 +18,9 @@ tensors are never written by a later call unless the user chose `zero_copy_outpu
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
 import warnings
 from typing import Any, Callable
 
@@ -76,6 +78,11 @@ class TorchEngine:
             self._plan_memory(options, example_inputs)
         if options is not None and self.device is not None and self.device.type == "cuda":
             self._setup_cuda(options, example_inputs)
+        # One call at a time where calls share buffers (the arena, a CUDA graph's static
+        # inputs and outputs, the host staging buffers): a server's threads then each get
+        # their own answer. A plain step loop allocates per call and runs unlocked.
+        shared = self.arena is not None or self.device is not None and self.device.type == "cuda"
+        self._lock = threading.Lock() if shared else contextlib.nullcontext()
 
     # -- building ----------------------------------------------------------------------------
 
@@ -188,11 +195,12 @@ class TorchEngine:
     # -- running -----------------------------------------------------------------------------
 
     def run(self, inputs: list[torch.Tensor]) -> list:
-        if self.cuda_graph is not None:
-            return self.cuda_graph.run(inputs)
-        if self.device is not None and self.device.type == "cuda":
-            inputs = [self.stager.to_device(i, x) for i, x in enumerate(inputs)]
-        return self.run_steps(inputs)
+        with self._lock:
+            if self.cuda_graph is not None:
+                return self.cuda_graph.run(inputs)
+            if self.device is not None and self.device.type == "cuda":
+                inputs = [self.stager.to_device(i, x) for i, x in enumerate(inputs)]
+            return self.run_steps(inputs)
 
     def _fresh_env(self, inputs) -> list:
         env = list(self.template)

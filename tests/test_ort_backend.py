@@ -189,6 +189,6 @@ def test_binding_goes_through_one_prebuilt_device():
     model = nn.Linear(4, 3).eval()
     x = torch.randn(2, 4)
     c = fxc.compile(model, (x,), backend="onnxruntime")
-    assert c.engine._binding.c_binding is not None
+    assert c.engine._binding().c_binding is not None
     for _ in range(3):
         torch.testing.assert_close(c(x), model(x))
