@@ -35,6 +35,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -187,18 +188,27 @@ def bench_one(name: str, size: str, batch: int, device: torch.device, precision:
     plan = runners(device, precision, with_torch_compile, backends_, tc_modes)
     rows = []
     if device.type == "cuda":
-        for rname, build in plan:
+        # The eager CUDA-graph peer runs last: capturing a model whose Python code syncs
+        # (transformers' mask checks) fails, and a failed capture can leave the process's CUDA
+        # state unusable; then it costs its own row, not every runner after it.
+        order = sorted(range(len(plan)), key=lambda i: plan[i][0].endswith("_cudagraph"))
+        for rname, build in (plan[i] for i in order):
             progress(f"{name} b{batch}: {rname}")
             row, fn = _build(name, batch, rname, build, model, example, sets, refs, device)
-            if fn is not None:
-                _time(row, fn, sets, device, iters)
-                if kernels and not row.error:
-                    progress(f"{name} b{batch}: kernels of {rname}")
-                    row.kernels_per_call, row.kernels_how = timing.kernels_per_call(
-                        fn, sets, device, non_graph=_non_graph(rname, fn, rows))
+            try:
+                if fn is not None:
+                    _time(row, fn, sets, device, iters)
+                    if kernels and not row.error:
+                        progress(f"{name} b{batch}: kernels of {rname}")
+                        row.kernels_per_call, row.kernels_how = timing.kernels_per_call(
+                            fn, sets, device, non_graph=_non_graph(rname, fn, rows))
+                del fn
+                torch.cuda.empty_cache()
+            except Exception as e:  # timing or counting failed: this runner's row says why
+                _fail(row, e)
             rows.append(row)
-            del fn
-            torch.cuda.empty_cache()
+        rank = {rname: i for i, (rname, _) in enumerate(plan)}
+        rows.sort(key=lambda r: rank[r.runner])  # back in table order
     else:
         built = []
         for rname, build in plan:
@@ -605,11 +615,19 @@ def run_isolated(name: str, batch: int, args, backends_: list[str]) -> tuple[lis
         data = json.load(open(path)) if os.path.exists(path) else {"rows": []}
     rows = [Row(**r) for r in data["rows"]]
     if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        tail = _error_line(proc.stderr)
         done = {r.runner for r in rows}
         rows.append(Row(name, batch, "(child process)", error=f"exit {proc.returncode} after "
                         f"{sorted(done) or 'no runner'}: {tail}"[:300]))
     return rows, data.get("ablation", {})
+
+
+def _error_line(stderr: str) -> str:
+    """The line of a child's stderr that names its exception (the last 'XError: ...' line),
+    not torch's trailing hint such as 'Compile with TORCH_USE_CUDA_DSA ...'."""
+    lines = stderr.strip().splitlines() or ["(no output)"]
+    named = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception)\b", ln)]
+    return (named or lines)[-1]
 
 
 def write_results(rows: list[Row], out_dir: str, tag: str, extra: dict | None = None,

@@ -261,3 +261,13 @@ def test_perf_readme_garden_table(tmp_path, monkeypatch):
     # what repeats is said once, with the rows it holds for
     assert ("- torch.compile_ro (hf:bert-base b1, tv:swin_t b8) kernels: replayed 1 CUDA "
             "graph(s)") in text
+
+
+def test_a_childs_error_line_names_the_exception_not_torchs_hint():
+    from fxc.bench import _error_line
+    err = ("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+           "torch.AcceleratorError: CUDA error: operation not permitted when stream is capturing\n"
+           "Search for `cudaErrorStreamCaptureUnsupported' in the CUDA docs\n"
+           "Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.\n")
+    assert _error_line(err).startswith("torch.AcceleratorError: CUDA error: operation not permitted")
+    assert _error_line("") == "(no output)" and _error_line("just text\n") == "just text"
