@@ -451,6 +451,17 @@ def _rows() -> dict[Any, list[Case]]:
     r[fx_ops.linear_act.default] = [
         Case(fx_ops.linear_act.default, (t(4, 8), t(5, 8), t(5), act)) for act in ("relu", "gelu")] + [
         Case(fx_ops.linear_act.default, (t(2, 4, 8), t(5, 8), None, "gelu_tanh"), label="3d")]
+    from fxc.codegen.region import In, Region, Val
+    rms = Region([(aten.pow.Tensor_Scalar, (In(0), 2), {}), (aten.mean.dim, (Val(0), [-1], True), {}),
+                  (aten.add.Tensor, (Val(1), 1e-6), {}), (aten.rsqrt.default, (Val(2),), {}),
+                  (aten.mul.Tensor, (In(0), Val(3)), {}), (aten.mul.Tensor, (Val(4), In(1)), {})],
+                 2, [5], [[0, 1, 2]], reduce=1)
+    scale_add = Region([(aten.mul.Tensor, (In(0), In(1)), {}), (aten.add.Tensor, (Val(0), In(2)), {}),
+                        (aten.gelu.default, (Val(1),), {})], 3, [1, 2], [[0, 1], [0, 1]])
+    r[fx_ops.fused_region.default] = [
+        Case(fx_ops.fused_region.default, ([t(2, 3, 8), t(8)], rms.key), label="rms_row"),
+        Case(fx_ops.fused_region.default, ([t(4, 6), t(6), t(4, 6)], scale_add.key),
+             label="pointwise_two_outputs")]
     return r
 
 

@@ -139,7 +139,7 @@ def plant_odd_linear(b, draw):
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(graphs(max_ops=5, plant=[plant_odd_linear]))
 def test_generated_graphs(g):
-    gm = capture(g.module, g.inputs, {}).gm
+    gm = passkit.aten_graph(g)  # make_fx: ~20x cheaper than capture, 200 examples in CI
     c = cuda_half_ctx(g.inputs)
     cast_precision.run(gm, c)
     gm.recompile()
