@@ -25,6 +25,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ._common import build_seeded, check_args
 from . import bert, efficientnet, gpt2, llama, mlp, mobilenet, resnet, swin, vit
 
 
@@ -69,18 +70,8 @@ def get(name: str, size: str = "tiny", batch: int = 1, seed: int = 0,
     if spec is None:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(REGISTRY)}, "
                          "or a garden model 'source:name' (fxc.models.garden.names())")
-    if size not in spec.sizes:
-        raise ValueError(f"unknown size {size!r} for {name}; choose one of: {', '.join(spec.sizes)}")
-    unknown = sorted(set(kwargs) - set(spec.kwargs))
-    if unknown:
-        accepted = ", ".join(spec.kwargs) or "none"
-        raise ValueError(f"{name} takes no argument {', '.join(unknown)}; accepted: {accepted}")
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
-    with torch.random.fork_rng(devices=[]):  # CPU/meta generators; global state restored after
-        torch.manual_seed(seed)
-        model, inputs = spec.build(size, batch, **kwargs)
-    return model.eval(), inputs
+    check_args(name, spec, size, batch, kwargs)
+    return build_seeded(spec, size, batch, seed, kwargs)
 
 
 __all__ = ["REGISTRY", "Spec", "get", "names"]

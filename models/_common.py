@@ -82,3 +82,25 @@ def check_seq(seq: int, limit: int, name: str) -> int:
     if not 1 <= seq <= limit:
         raise ValueError(f"{name}: seq must be in [1, {limit}], got {seq}")
     return seq
+
+
+
+def check_args(name: str, spec, size: str, batch: int, kwargs: dict) -> None:
+    """ValueError naming the choices for a size, keyword or batch `spec` (a zoo Spec or a
+    GardenSpec: .sizes, .kwargs) does not take."""
+    if size not in spec.sizes:
+        raise ValueError(f"unknown size {size!r} for {name}; choose one of: {', '.join(spec.sizes)}")
+    unknown = sorted(set(kwargs) - set(spec.kwargs))
+    if unknown:
+        accepted = ", ".join(spec.kwargs) or "none"
+        raise ValueError(f"{name} takes no argument {', '.join(unknown)}; accepted: {accepted}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+
+
+def build_seeded(spec, size: str, batch: int, seed: int, kwargs: dict):
+    """`spec.build` in eval mode, weights drawn from `seed`; the global RNG left as it was."""
+    with torch.random.fork_rng(devices=[]):  # CPU/meta generators; global state restored after
+        torch.manual_seed(seed)
+        model, inputs = spec.build(size, batch, **kwargs)
+    return model.eval(), inputs

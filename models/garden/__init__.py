@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from . import from_timm, from_torchvision, from_transformers
+from .._common import build_seeded, check_args
 from ._libs import load
 
 SOURCES = ("tv", "timm", "hf")  # torchvision, timm, transformers
@@ -130,20 +131,9 @@ def get(name: str, size: str = "tiny", batch: int = 1, seed: int = 0,
     spec = GARDEN.get(name)
     if spec is None:
         raise ValueError(f"unknown garden model {name!r}; choose one of: {', '.join(GARDEN)}")
-    if size not in spec.sizes:
-        raise ValueError(f"unknown size {size!r} for {name}; "
-                         f"choose one of: {', '.join(spec.sizes)}")
-    unknown = sorted(set(kwargs) - set(spec.kwargs))
-    if unknown:
-        accepted = ", ".join(spec.kwargs) or "none"
-        raise ValueError(f"{name} takes no argument {', '.join(unknown)}; accepted: {accepted}")
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
+    check_args(name, spec, size, batch, kwargs)
     load(spec.library)  # before the RNG fork: a failed import leaves nothing to restore
-    with torch.random.fork_rng(devices=[]):  # CPU/meta generators; global state restored after
-        torch.manual_seed(seed)
-        model, inputs = spec.build(size, batch, **kwargs)
-    return model.eval(), inputs
+    return build_seeded(spec, size, batch, seed, kwargs)
 
 
 __all__ = ["GARDEN", "GardenSpec", "get", "load", "names"]

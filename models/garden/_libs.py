@@ -10,7 +10,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from .._common import calibrate_bn_, damp_residuals_, perturb_
+from .._common import calibrate_bn_, damp_residuals_, images, perturb_
 
 log = logging.getLogger("fxc.models.garden")
 
@@ -108,3 +108,14 @@ class ReturnTensors(nn.Module):
     def forward(self, *args: torch.Tensor):
         out = self.model(**dict(zip(self.inputs, args)), **self.call_kwargs, return_dict=True)
         return out[self.fields[0]] if len(self.fields) == 1 else tuple(out[f] for f in self.fields)
+
+
+BASE_PX, TINY_PX = 224, 32  # image side of the published models, and of the tiny ones
+
+
+def image_model(model: nn.Module, size: str, batch: int, residual_bns: list[nn.Module] = ()):
+    """(model, (images,)) for an image classifier: weights made non-trivial (BN statistics
+    measured on images, the BNs ending residual branches damped), images (B, 3, px, px)."""
+    px = BASE_PX if size == "base" else TINY_PX
+    nontrivial_(model, calibrate=images(2 if size == "base" else 16, px), residual_bns=residual_bns)
+    return model, (images(batch, px),)

@@ -5,18 +5,7 @@ Every builder returns (model, (images,)), images (B, 3, H, W) float32.
 """
 from __future__ import annotations
 
-from torch import nn
-
-from .._common import images
-from ._libs import load, nontrivial_
-
-BASE_PX, TINY_PX = 224, 32
-
-
-def _image_model(model: nn.Module, size: str, batch: int, residual_bns: list[nn.Module] = ()):
-    px = BASE_PX if size == "base" else TINY_PX
-    nontrivial_(model, calibrate=images(2 if size == "base" else 16, px), residual_bns=residual_bns)
-    return model, (images(batch, px),)
+from ._libs import TINY_PX, image_model as _image_model, load
 
 
 def regnety_016(size: str, batch: int):
