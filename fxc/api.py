@@ -1,9 +1,11 @@
 """fxc.compile: capture -> passes -> backend, wrapped in a drop-in CompiledModule."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -88,11 +90,54 @@ def compile(model: torch.nn.Module, example_inputs, *, device=None, precision: s
     dump_dir: write each stage there; disable_passes: pass names to skip.
     dynamic_batch=True (onnxruntime, tensorrt): calls may use any batch size on dim 0.
     """
+    t_start = time.perf_counter()
+    args, kwargs = normalize_inputs(example_inputs)
+    moded = _train_mode_layers(model)
+    if moded:
+        warnings.warn(f"{type(model).__name__} has layers in train mode ({', '.join(moded[:3])}"
+                      f"{', ...' if len(moded) > 3 else ''}); fxc compiles for inference, with "
+                      f"eval-mode semantics (BatchNorm uses its running statistics, dropout is "
+                      f"off): call model.eval() first to say so", stacklevel=2)
+    with _restored_on_failure(model, args, kwargs):
+        return _compile(model, args, kwargs, t_start, device=device, precision=precision,
+                        backend=backend, verify=verify, dump_dir=dump_dir,
+                        disable_passes=disable_passes, **options)
+
+
+def _train_mode_layers(model) -> list[str]:
+    """Names of the layers that compute differently in train mode (BatchNorm, dropout) and are
+    in it: only those make eval semantics a change the user should hear about."""
+    if not isinstance(model, torch.nn.Module):
+        return []
+    kinds = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd)
+    return [name or type(m).__name__ for name, m in model.named_modules()
+            if m.training and isinstance(m, kinds)]
+
+
+@contextlib.contextmanager
+def _restored_on_failure(model, args, kwargs):
+    """If compile fails, put back the model's buffers and the example inputs as they were: a
+    forward that counts calls in a buffer or writes into its input has run during capture,
+    and a refused compile must leave the user's objects untouched. (Parameters are not
+    copied: that would double a large model's memory, and forwards do not write them.)"""
+    owned = list(model.buffers()) if isinstance(model, torch.nn.Module) else []
+    owned += [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
+    saved = [(t, t.detach().clone()) for t in owned]
+    try:
+        yield
+    except BaseException:
+        with torch.no_grad():
+            for t, before in saved:
+                with torch.inference_mode(t.is_inference()):  # an inference tensor's own mode
+                    t.copy_(before)
+        raise
+
+
+def _compile(model, args, kwargs, t_start, *, device, precision, backend, verify, dump_dir,
+             disable_passes, **options) -> CompiledModule:
     from fxc.passes import PIPELINE, PassContext, run_pipeline  # after fxc.* is importable
     from fxc.runtime import InputChecker
 
-    t_start = time.perf_counter()
-    args, kwargs = normalize_inputs(example_inputs)
     opts = resolve(device=device, precision=precision, backend=backend, verify=verify,
                    dump_dir=dump_dir, disable_passes=disable_passes,
                    default_device=_default_device(model, args, kwargs), **options)
