@@ -17,5 +17,9 @@ TV=$("$PY" -c "import torch; print('0.%d.*' % (int(torch.__version__.split('.')[
 "$PY" -m pip install -q --no-deps "torchvision==$TV" "timm>=1.0"
 # The report tests (tests/test_viz.py) drive a real headless Chromium: Debian's package.
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
-  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+  log=${TMPDIR:-/tmp}/fxc_setup_apt.log
+  echo "setup: installing Debian's chromium for the report tests (~115 packages; log: $log)"
+  if ! { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } >"$log" 2>&1; then
+    tail -20 "$log"; exit 1
+  fi
 fi
