@@ -71,6 +71,9 @@ def resolve(*, device, precision, backend, verify, dump_dir, disable_passes, def
         dev = torch.device(device) if device is not None else default_device
     except (RuntimeError, TypeError) as e:
         raise FxcOptionError(f"device={device!r}: {e}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise FxcOptionError(f"device={device!r}: fxc compiles for 'cpu' or 'cuda' (a {dev.type} "
+                             f"device cannot run the compiled model's kernels)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise FxcOptionError(f"device={device!r}: CUDA is not available on this machine")
     if dev.type == "cuda" and dev.index is None:

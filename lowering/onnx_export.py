@@ -27,7 +27,7 @@ from fxc import ir
 from fxc.errors import FxcOptionError, FxcUnsupportedOpError
 
 from . import batch as batch_rules
-from .builder import Builder, onnx_dtype, to_tensor_proto
+from .builder import TORCH_TO_ONNX, Builder, onnx_dtype, to_tensor_proto
 from .registry import Refuse, lookup, supported_targets
 
 DEFAULT_OPSET = 17      # the first opset with LayerNormalization; TensorRT 10 parses 9..24
@@ -86,6 +86,11 @@ def to_onnx(gm: fx.GraphModule, *, opset: int = DEFAULT_OPSET, dynamic_batch: bo
     total = 0
     for node in gm.graph.nodes:
         if node.op == "placeholder":
+            val = ir.tensor_meta(node)
+            if val is not None and val.dtype not in TORCH_TO_ONNX:  # complex, float8, uint16...
+                unsupported.append((f"input of dtype {val.dtype} (no ONNX type)", node.name, None))
+                b.env[node] = _missing(node)
+                continue
             inputs.append(_input(b, node, dynamic_batch))
             if node in refusals:
                 unsupported.append((f"input ({refusals[node]})", node.name, None))
