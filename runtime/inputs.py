@@ -127,3 +127,10 @@ def _shape_text(shape, batched: bool) -> str:
     if batched and dims:
         dims[0] = "batch"
     return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def bindable(x: torch.Tensor) -> torch.Tensor:
+    """`x` as dense memory holding its values, for a runtime that reads raw pointers (ONNX
+    Runtime, TensorRT): a negated or conjugated view (x.conj().imag, torch._neg_view) keeps
+    its sign in a bit that data_ptr() does not see, so it is materialized first."""
+    return x.resolve_neg().resolve_conj().contiguous()

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from fxc.errors import FxcBackendUnavailableError, FxcRuntimeError, FxcUnsupportedOpError
-from fxc.runtime.inputs import DynamicBatch
+from fxc.runtime.inputs import DynamicBatch, bindable
 
 NUMPY_DTYPES = {
     torch.float32: np.float32, torch.float16: np.float16, torch.float64: np.float64,
@@ -108,7 +108,7 @@ class OrtEngine:
         binding = self._binding()
         kept = []  # keep contiguous copies alive until the run is done
         for name, x in zip(low.input_names, inputs):
-            x = x.contiguous()
+            x = bindable(x)
             kept.append(x)
             binding.bind_input(name, NUMPY_DTYPES[x.dtype], tuple(x.shape), x.data_ptr())
         batch = inputs[0].shape[0] if low.dynamic_batch and inputs else None
@@ -144,7 +144,8 @@ class OrtEngine:
         return shapes
 
     def _run_copying(self, inputs):
-        feeds = {n: x.detach().cpu().numpy() for n, x in zip(self.lowered.input_names, inputs)}
+        feeds = {n: bindable(x.detach()).cpu().numpy()
+                 for n, x in zip(self.lowered.input_names, inputs)}
         try:
             outs = self.session.run(self.lowered.output_names, feeds)
         except Exception as e:

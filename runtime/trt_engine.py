@@ -17,6 +17,7 @@ import torch
 
 from fxc.errors import FxcBackendUnavailableError, FxcRuntimeError
 from fxc.lowering.tensorrt import INSTALL_HINT
+from fxc.runtime.inputs import bindable
 
 
 def unavailable(device: torch.device) -> str | None:
@@ -110,7 +111,7 @@ class TrtEngine:
         low, ctx = self.lowered, self.context
         kept = []
         for name, x in zip(low.input_names, inputs):
-            x = x.contiguous()
+            x = bindable(x)
             kept.append(x)
             ctx.set_input_shape(name, tuple(x.shape))
             ctx.set_tensor_address(name, x.data_ptr())
