@@ -102,6 +102,10 @@ def _eager_cudagraph(model, precision, device, example):
             s.copy_(x)
         graph.replay()
         return static_out
+    # The graph reads the model copy's weights by address but does not own them: without this
+    # reference the copy is freed on return, its memory reused, and replays read garbage (a
+    # gather over HF BERT's freed position_ids buffer asserted out of bounds; issue 16.7).
+    run.keep_alive = (run_eager, graph, static)
     return run
 
 
@@ -194,6 +198,7 @@ def bench_one(name: str, size: str, batch: int, device: torch.device, precision:
         order = sorted(range(len(plan)), key=lambda i: plan[i][0].endswith("_cudagraph"))
         for rname, build in (plan[i] for i in order):
             progress(f"{name} b{batch}: {rname}")
+            _journal({"started": rname})
             row, fn = _build(name, batch, rname, build, model, example, sets, refs, device)
             try:
                 if fn is not None:
@@ -207,6 +212,7 @@ def bench_one(name: str, size: str, batch: int, device: torch.device, precision:
             except Exception as e:  # timing or counting failed: this runner's row says why
                 _fail(row, e)
             rows.append(row)
+            _journal({"row": dataclasses.asdict(row)})
         rank = {rname: i for i, (rname, _) in enumerate(plan)}
         rows.sort(key=lambda r: rank[r.runner])  # back in table order
     else:
@@ -610,16 +616,50 @@ def run_isolated(name: str, batch: int, args, backends_: list[str]) -> tuple[lis
         # os.environ once it has run in this process, so a user's choice cannot be told apart.
         env = {k: v for k, v in os.environ.items() if k != "TRITON_CACHE_DIR"}
         env["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tmp, "inductor")
+        env[JOURNAL_ENV] = os.path.join(tmp, "journal.jsonl")
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         path = os.path.join(tmp, "child.json")
         data = json.load(open(path)) if os.path.exists(path) else {"rows": []}
-    rows = [Row(**r) for r in data["rows"]]
+        journal, running = _read_journal(env[JOURNAL_ENV])
+    rows = [Row(**r) for r in data["rows"] or journal]
     if proc.returncode != 0:
         tail = _error_line(proc.stderr)
-        done = {r.runner for r in rows}
-        rows.append(Row(name, batch, "(child process)", error=f"exit {proc.returncode} after "
-                        f"{sorted(done) or 'no runner'}: {tail}"[:300]))
+        if running:  # the runner that killed the child gets the error; the rest keep theirs
+            rows.append(Row(name, batch, running, error=f"killed the process (exit "
+                            f"{proc.returncode}): {tail}"[:300]))
+        else:
+            done = {r.runner for r in rows}
+            rows.append(Row(name, batch, "(child process)", error=f"exit {proc.returncode} "
+                            f"after {sorted(done) or 'no runner'}: {tail}"[:300]))
     return rows, data.get("ablation", {})
+
+
+JOURNAL_ENV = "FXC_BENCH_JOURNAL"
+
+
+def _journal(event: dict) -> None:
+    """Under run_isolated, one JSON line per runner started and per row finished, appended to
+    the file the parent named in $FXC_BENCH_JOURNAL: if a runner kills the child (a device-side
+    assert poisons the whole process), the rows before it survive and the parent can say which
+    runner was running."""
+    path = os.environ.get(JOURNAL_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(event) + "\n")
+
+
+def _read_journal(path: str) -> tuple[list[dict], str | None]:
+    """(finished rows, the runner started last and not finished) from a child's journal."""
+    rows, running = [], None
+    if os.path.exists(path):
+        for line in open(path):
+            event = json.loads(line)
+            if "started" in event:
+                running = event["started"]
+            else:
+                rows.append(event["row"])
+                running = None
+    return rows, running
 
 
 def _error_line(stderr: str) -> str:

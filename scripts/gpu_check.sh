@@ -2,7 +2,7 @@
 # On the GPU machine (no package registry): install fxc without deps, run the GPU tests, the
 # demo at base size, the library-models capture check, then the FP16 benchmark against the
 # peers. Each step has its own time limit; logs go to stdout and $OUT/*.log.
-#   bash scripts/gpu_check.sh [tests|demo|library|bench|nodes|ablate|garden]...   (default: tests demo library bench)
+#   bash scripts/gpu_check.sh [tests|demo|library|bench|nodes|ablate|garden|gcheck]...   (default: tests demo library bench)
 # garden: fxc bench --isolate over library models (fxc.models.garden, base size), every peer,
 # kernels per call, results $OUT/h200_fp16_garden*.json. GARDEN_MODELS (NAME@B1+B2,...) picks
 # them; GARDEN_PART=k/n runs every n-th of them from the k-th (estimated, not yet measured: a
@@ -40,6 +40,12 @@ for step in $steps; do
              timeout ${GARDEN_S:-540} python3 -m fxc bench --model "$(IFS=,; echo "${pick[*]}")" --size base \
                --precision fp16 --torch-compile --tc-modes ${TC_MODES:-default,reduce-overhead} \
                --backends torch --isolate --iters ${GARDEN_ITERS:-100} --out "$OUT" --tag "$tag" 2>&1 | tee "$OUT/$tag.log" ;;
+    gcheck)  # every garden model compiled at base size in FP16 and compared with eager FP32; the
+             # three sources run side by side (compile seconds are then upper bounds)
+             for src in tv timm hf; do
+               timeout ${GCHECK_S:-540} python3 scripts/garden_check.py --device cuda --precision fp16 \
+                 --size base --source $src > "$OUT/garden_check_$src.log" 2>&1 &
+             done; wait; cat "$OUT"/garden_check_*.log ;;
     ablate)  # each pass left out in turn, plus every pass left out (the share-of-gain baseline)
              timeout ${ABLATE_S:-380} python3 -m fxc bench --model ${ABLATE_MODELS:-resnet50@1,bert@1} --precision fp16 \
                --backends torch --iters 200 --ablate ${ABLATE:-each} --isolate \

@@ -3,7 +3,8 @@ CUDA_LAUNCH_BLOCKING=1 set by the caller, so a device-side assert names its kern
 
   python3 scripts/gpu_diag.py MODEL BATCH RUNNER [fxc option=value ...]
 
-RUNNER: eager_fp16 | eager_cudagraph | tc_default | tc_ro | fxc. Prints the error against eager
+RUNNER: eager_fp16 | eager_cudagraph | tc_default | tc_ro | fxc (disable_passes=a+b leaves
+passes out). Prints the error against eager
 FP32 over the 3 bench input sets (each run 5 times) or the exception.
 """
 import sys
@@ -34,10 +35,15 @@ def main():
     opts = {}
     for kv in sys.argv[4:]:
         k, v = kv.split("=")
-        opts[k] = {"True": True, "False": False}.get(v, v)
+        opts[k] = tuple(v.split("+")) if k == "disable_passes" else \
+            {"True": True, "False": False}.get(v, v)
     model, example = get(name, size="base", batch=batch, seed=0)
+    if ":" in name:  # a garden model: the bench rotates its example (timing.rotated_inputs)
+        sets = [tuple(x.cuda() for x in s) for s in timing.rotated_inputs(tuple(example))]
+    else:
+        sets = [tuple(x.cuda() for x in get(name, size="base", batch=batch, seed=s)[1])
+                for s in (0, 1, 2)]
     example = tuple(x.cuda() for x in example)
-    sets = [tuple(x.cuda() for x in get(name, size="base", batch=batch, seed=s)[1]) for s in (0, 1, 2)]
     model = model.cuda()
     with torch.no_grad():
         refs = [model(*s) for s in sets]

@@ -93,6 +93,52 @@ def test_isolate_passes_garden_names_and_a_cold_inductor_cache(monkeypatch, tmp_
     assert [r.runner for r in rows] == ["eager_fp16"] and rows[0].median_ms == 1.0
 
 
+def test_a_runner_that_kills_the_child_is_named_and_the_rows_before_it_survive(monkeypatch):
+    """A device-side assert poisons the child's whole process; the journal keeps the finished
+    rows and names the runner that was running, not '(child process) after no runner'."""
+    def fake_run(cmd, capture_output, text, env):
+        with open(env[bench.JOURNAL_ENV], "a") as f:  # what bench_one writes as it goes
+            for rname in ("eager_fp16", "fxc_torch"):
+                f.write(json.dumps({"started": rname}) + "\n")
+                row = dict(bench.Row("hf:bert-base", 1, rname).__dict__, median_ms=0.5)
+                f.write(json.dumps({"row": row}) + "\n")
+            f.write(json.dumps({"started": "eager_fp16_cudagraph"}) + "\n")
+        return SimpleNamespace(returncode=1, stderr="torch.AcceleratorError: CUDA error: "
+                               "device-side assert triggered\nCompile with `TORCH_USE_CUDA_DSA`")
+    monkeypatch.setattr("subprocess.run", fake_run)
+    args = SimpleNamespace(size="base", precision="fp16", iters=10, rounds=5, tc_modes="default",
+                           device="cuda", torch_compile=False, ablate=None, kernels=False)
+    rows, _ = bench.run_isolated("hf:bert-base", 1, args, ["torch"])
+    assert [(r.runner, r.median_ms) for r in rows[:2]] == [("eager_fp16", 0.5), ("fxc_torch", 0.5)]
+    assert rows[2].runner == "eager_fp16_cudagraph"
+    assert rows[2].error.startswith("killed the process (exit 1): torch.AcceleratorError")
+
+
+def test_journal_is_silent_outside_a_child(monkeypatch, tmp_path):
+    monkeypatch.delenv(bench.JOURNAL_ENV, raising=False)
+    bench._journal({"started": "x"})  # no file named: nothing written, no error
+    monkeypatch.setenv(bench.JOURNAL_ENV, str(tmp_path / "j.jsonl"))
+    bench._journal({"started": "x"})
+    assert bench._read_journal(str(tmp_path / "j.jsonl")) == ([], "x")
+
+
+@pytest.mark.gpu
+def test_eager_cudagraph_peer_keeps_its_model_copy_alive():
+    """The replayed graph reads the copy's weights by address; once bench's builder returns,
+    nothing else holds the copy. Freed and overwritten, it gave garbage (issue 16.7)."""
+    import gc
+    dev = torch.device("cuda")
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU()).to(dev)
+    x = torch.randn(8, 64, device=dev)
+    run = bench._eager_cudagraph(model, "fp32", dev, (x,))
+    want = run(x).clone()
+    gc.collect()
+    torch.cuda.empty_cache()
+    junk = [torch.full((64, 64), float("nan"), device=dev) for _ in range(256)]  # reuse freed memory
+    torch.testing.assert_close(run(x), want)
+    del junk
+
+
 # -- kernels per call --------------------------------------------------------------------------
 
 def ev(name, device_type=CUDA, id=1, activity_type=None):
