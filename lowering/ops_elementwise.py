@@ -4,6 +4,10 @@ Type promotion follows torch: arithmetic computes in the node's result dtype (an
 plus a float scalar computes in float; a Python scalar is cast to the tensor's dtype), and a
 comparison computes in `torch.result_type` of its operands. Operands are cast only where
 their dtype differs, so FP16 graphs stay FP16.
+
+Special values follow torch (issue 16.3; tests/test_special_values.py checks NaN, +-inf,
+-0.0, denormals and empty tensors for every converter): sign(NaN) is 0, clamp keeps +-inf past a missing bound, and floor division and
+remainder of floats are written as torch computes them (through fmod), not as floor(x / y).
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ UNARY = {
     aten.sinh.default: "Sinh", aten.cosh.default: "Cosh", aten.asinh.default: "Asinh",
     aten.acosh.default: "Acosh", aten.atanh.default: "Atanh",
     aten.floor.default: "Floor", aten.ceil.default: "Ceil", aten.round.default: "Round",
-    aten.erf.default: "Erf", aten.sign.default: "Sign", aten.hardswish.default: "HardSwish",
+    aten.erf.default: "Erf", aten.hardswish.default: "HardSwish",
     aten.clone.default: "Identity", aten.alias.default: "Identity",
     aten.detach.default: "Identity", aten.lift_fresh_copy.default: "Identity",
 }
@@ -213,7 +217,7 @@ def pow_scalar(b: Builder, node):
     if e == 1:
         return b.op("Identity", [x])
     if e == 0.5 and out_meta(node).is_floating_point():
-        return b.op("Sqrt", [x])
+        return b.op("Sqrt", [x])  # what torch's float kernel does (its CPU half kernel: pow)
     return b.op("Pow", [x, b.scalar(e, dt)])
 
 
@@ -231,8 +235,17 @@ def remainder(b: Builder, node):
     x, y = b.tensor(node.args[0], dt), b.tensor(node.args[1], dt)
     if not out_meta(node).is_floating_point():
         return b.op("Mod", [x, y], fmod=0)
-    # ONNX Mod requires fmod=1 for floats: x - y * floor(x / y).
-    return b.op("Sub", [x, b.op("Mul", [y, b.op("Floor", [b.op("Div", [x, y])])])])
+    return _float_remainder(b, x, y, dt)
+
+
+def _float_remainder(b: Builder, x: str, y: str, dt) -> str:
+    """torch's float remainder: r = fmod(x, y), plus y where r is nonzero and its sign differs
+    from y's (x - y * floor(x / y) differs at infinities: remainder(-2.5, inf) is inf)."""
+    r = b.op("Mod", [x, y], fmod=1)
+    zero = b.scalar(0, dt)
+    differs = b.op("Xor", [b.op("Less", [r, zero]), b.op("Less", [y, zero])])
+    fix = b.op("And", [b.op("Not", [b.op("Equal", [r, zero])]), differs])
+    return b.op("Where", [fix, b.op("Add", [r, y]), r])
 
 
 @converter(aten.div.Tensor_mode, aten.div.Scalar_mode)
@@ -255,7 +268,7 @@ def _divide(b: Builder, node, x, y, mode):
     if mode is None:
         return q
     if out_meta(node).is_floating_point():
-        return b.op("Floor", [q]) if mode == "floor" else _trunc(b, q, dt)
+        return _float_floor_div(b, xv, yv, q, dt) if mode == "floor" else _trunc(b, q, dt)
     if mode == "trunc":
         return q  # integer Div truncates toward zero
     # floor for integers: step down where the truncated quotient is inexact and signs differ.
@@ -264,6 +277,34 @@ def _divide(b: Builder, node, x, y, mode):
     signs = b.op("Xor", [b.op("Less", [xv, zero]), b.op("Less", [yv, zero])])
     fix = b.op("Cast", [b.op("And", [inexact, signs])], to=onnx_dtype(dt))
     return b.op("Sub", [q, fix])
+
+
+def _float_floor_div(b: Builder, x: str, y: str, q: str, dt) -> str:
+    """torch's float floor division (div_floor_floating), which goes through fmod so that
+    infinities behave as in Python (-2.5 // inf is -1.0, inf // 3 is NaN):
+    y == 0: x / y; d = (x - fmod(x, y)) / y, less 1 where fmod's sign differs from y's;
+    d == 0: copysign(0, x / y); else floor(d), plus 1 where d - floor(d) > 0.5."""
+    zero = b.scalar(0, dt)
+    mod = b.op("Mod", [x, y], fmod=1)
+    d = b.op("Div", [b.op("Sub", [x, mod]), y])
+    differs = b.op("Xor", [b.op("Less", [y, zero]), b.op("Less", [mod, zero])])
+    step = b.op("And", [b.op("Not", [b.op("Equal", [mod, zero])]), differs])
+    d = b.op("Sub", [d, b.cast(step, dt)])
+    fl = b.op("Floor", [d])
+    fl = b.op("Add", [fl, b.cast(b.op("Greater", [b.op("Sub", [d, fl]), b.scalar(0.5, dt)]), dt)])
+    fl = b.op("Where", [b.op("Equal", [d, zero]), b.op("Mul", [q, zero]), fl])  # copysign(0, q)
+    return b.op("Where", [b.op("Equal", [y, zero]), q, fl])
+
+
+@converter(aten.sign.default)
+def sign(b: Builder, node):
+    """sign(Tensor self) -> Tensor   (torch: sign(NaN) is 0; ONNX Sign gives NaN)"""
+    dt = out_meta(node).dtype
+    x = b.tensor(node.args[0], dt)
+    y = b.op("Sign", [x])
+    if not out_meta(node).is_floating_point():
+        return y
+    return b.op("Where", [b.op("IsNaN", [x]), b.scalar(0, dt), y])
 
 
 @converter(aten._to_copy.default, aten.to.dtype, aten.to.dtype_layout, aten.to.device)
@@ -329,8 +370,10 @@ def clamp(b: Builder, node):
     if not out_meta(node).is_floating_point():  # TensorRT clips floats only: Max/Min for ints
         y = x if lo is None else b.op("Max", [x, b.scalar(lo, dt)])
         return y if hi is None else b.op("Min", [y, b.scalar(hi, dt)])
-    return b.op("Clip", [x, None if lo is None else b.scalar(lo, dt),
-                         None if hi is None else b.scalar(hi, dt)])
+    # A missing bound is +-inf, not Clip's default (ONNX Runtime's fp16 Clip defaults to
+    # +-65504, turning inf into 65504).
+    return b.op("Clip", [x, b.scalar(float("-inf") if lo is None else lo, dt),
+                         b.scalar(float("inf") if hi is None else hi, dt)])
 
 
 @converter(aten.clamp.Tensor)

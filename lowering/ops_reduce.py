@@ -3,6 +3,14 @@
 Opset 17 quirk: ReduceSum takes its axes as an input, the other Reduce* as an attribute
 (opset 18 made them all inputs; Builder.reduce writes either). A torch reduction over no dims (`dim=None` or `[]`) reduces
 over all dims; a 0-d input reduces to itself.
+
+Special values keep torch's semantics (issue 16.3; tests/test_special_values.py):
+- max/min (amax, amin, max.dim, argmax, ...) propagate NaN in torch; ONNX Runtime's
+  ReduceMax/ArgMax skip it. `_nan_reduce` adds back a NaN where any input of a slice is
+  NaN (an IsNaN, a Where, a ReduceSum and a Sub: y - 0 keeps -0.0), and `_nan_arg` points an
+  arg-reduction at the first NaN, as torch does.
+- mean over an empty axis is 0 / 0 = NaN in torch; ONNX Runtime's ReduceMean returns 0, so
+  an empty static axis is written as ReduceSum / 0.
 """
 from __future__ import annotations
 
@@ -10,14 +18,47 @@ import math
 
 import torch
 
-from .builder import Builder, norm_dim, out_meta, rank_of, shape_of
+from .builder import Builder, dtype_of, norm_dim, onnx_dtype, out_meta, rank_of, shape_of
 from .registry import Refuse, converter
 
 aten = torch.ops.aten
 
 
-def _reduce(b: Builder, op_type: str, x: str, axes, keepdim: bool) -> str:
+def _reduce(b: Builder, op_type: str, x: str, axes, keepdim: bool, x_node=None,
+            dt: torch.dtype | None = None) -> str:
+    """A Reduce* of `x` (a value of dtype `dt`, computed from fx node `x_node`) with torch's
+    special values: NaN through max/min, NaN for the mean of an empty axis."""
+    if op_type in ("ReduceMax", "ReduceMin") and dt is not None and dt.is_floating_point:
+        return _nan_reduce(b, op_type, x, axes, keepdim, dt)
+    if op_type == "ReduceMean" and x_node is not None and _empty_axis(x_node, axes):
+        s = b.reduce("ReduceSum", x, axes, keepdim)
+        return b.op("Div", [s, b.scalar(0, dt)])
     return b.reduce(op_type, x, axes, keepdim)
+
+
+def _empty_axis(x_node, axes) -> bool:
+    """Whether a reduced axis of `x_node` has (static) size 0."""
+    shape = shape_of(x_node)
+    return any(shape[a] == 0 for a in (axes if axes is not None else range(len(shape))))
+
+
+def _nan_reduce(b: Builder, op_type: str, x: str, axes, keepdim: bool, dt: torch.dtype) -> str:
+    """ReduceMax/ReduceMin that returns NaN for a slice holding a NaN, as torch does:
+    y - sum(where(isnan(x), x, 0)); the sum is NaN or +0, and y - +0 is y bit for bit
+    (-0.0 included). Costs one more reduction over x."""
+    y = b.reduce(op_type, x, axes, keepdim)
+    nans = b.op("Where", [b.op("IsNaN", [x]), x, b.scalar(0, dt)])
+    return b.op("Sub", [y, b.reduce("ReduceSum", nans, axes, keepdim)])
+
+
+def _nan_arg(b: Builder, op_type: str, x: str, axis: int, keepdim: bool) -> str:
+    """ArgMax/ArgMin that points at the first NaN of a slice holding one (torch's rule: NaN
+    is both the greatest and the least value)."""
+    idx = b.op(op_type, [x], axis=axis, keepdims=int(keepdim))
+    isnan = b.op("Cast", [b.op("IsNaN", [x])], to=onnx_dtype(torch.int32))
+    first_nan = b.op("ArgMax", [isnan], axis=axis, keepdims=int(keepdim))
+    any_nan = b.reduce("ReduceMax", isnan, [axis], keepdim)
+    return b.op("Where", [b.cast(any_nan, torch.bool), first_nan, idx])
 
 
 def _axes(x, dims) -> list[int] | None:
@@ -64,7 +105,7 @@ def reduce_dims(b: Builder, node):
     if any(shape_of(x)[a] == 0 for a in (axes if axes is not None else range(rank_of(x)))) \
             and op_type in ("ReduceMax", "ReduceMin"):
         return Refuse("max/min over an empty dim (torch raises)")
-    return _reduce(b, op_type, xv, axes, keepdim)
+    return _reduce(b, op_type, xv, axes, keepdim, x, out.dtype)
 
 
 @converter(*_ALL_REDUCTIONS)
@@ -77,7 +118,7 @@ def reduce_all(b: Builder, node):
     xv = b.tensor(x, out.dtype)
     if rank_of(x) == 0:
         return b.op("Identity", [xv])
-    return _reduce(b, op_type, xv, None, False)
+    return _reduce(b, op_type, xv, None, False, x, out.dtype)
 
 
 @converter(aten.max.dim, aten.min.dim)
@@ -91,9 +132,15 @@ def max_dim(b: Builder, node):
     axis = norm_dim(dim, rank_of(x))
     xv = b.tensor(x)
     is_max = node.target == aten.max.dim
-    values = _reduce(b, "ReduceMax" if is_max else "ReduceMin", xv, [axis], keepdim)
-    idx = b.op("ArgMax" if is_max else "ArgMin", [xv], axis=axis, keepdims=int(bool(keepdim)))
-    return [values, idx]
+    dt = dtype_of(x)
+    values = _reduce(b, "ReduceMax" if is_max else "ReduceMin", xv, [axis], keepdim, x, dt)
+    return [values, _arg_reduce(b, "ArgMax" if is_max else "ArgMin", xv, axis, keepdim, dt)]
+
+
+def _arg_reduce(b: Builder, op_type: str, x: str, axis: int, keepdim, dt) -> str:
+    if dt.is_floating_point:
+        return _nan_arg(b, op_type, x, axis, bool(keepdim))
+    return b.op(op_type, [x], axis=axis, keepdims=int(bool(keepdim)))
 
 
 @converter(aten.argmax.default, aten.argmin.default)
@@ -108,9 +155,9 @@ def argmax(b: Builder, node):
         return b.op("Identity", [b.const(torch.tensor(0, dtype=torch.int64))])
     if dim is None:  # over the flattened tensor
         flat = b.op("Reshape", [xv, b.ints([-1])])
-        y = b.op(op_type, [flat], axis=0, keepdims=0)
+        y = _arg_reduce(b, op_type, flat, 0, False, dtype_of(x))
         return b.op("Reshape", [y, b.ints(out_meta(node).shape)])
-    return b.op(op_type, [xv], axis=norm_dim(dim, rank_of(x)), keepdims=int(bool(keepdim)))
+    return _arg_reduce(b, op_type, xv, norm_dim(dim, rank_of(x)), keepdim, dtype_of(x))
 
 
 @converter(aten.var_mean.correction)
@@ -120,10 +167,11 @@ def var_mean(b: Builder, node):
     x, keepdim = node.args[0], node.kwargs.get("keepdim", False)
     if isinstance(v, Refuse):
         return v
-    xv = b.tensor(x, out_meta(node)[1].dtype)
+    dt = out_meta(node)[1].dtype
+    xv = b.tensor(x, dt)
     if rank_of(x) == 0:
         return [v, b.op("Identity", [xv])]
-    return [v, _reduce(b, "ReduceMean", xv, _axes(x, _kw(node, 1, "dim", None)), keepdim)]
+    return [v, _reduce(b, "ReduceMean", xv, _axes(x, _kw(node, 1, "dim", None)), keepdim, x, dt)]
 
 
 @converter(aten.var.correction, aten.std.correction)
@@ -143,7 +191,7 @@ def var(b: Builder, node):
         axes = [0]
     dims = axes if axes is not None else list(range(max(rank_of(x), 1)))
     n = math.prod(shape_of(x)[d] for d in dims) if rank_of(x) else 1
-    mean = _reduce(b, "ReduceMean", xv, axes, True)
+    mean = _reduce(b, "ReduceMean", xv, axes, True, x if rank_of(x) else None, dt)
     d = b.op("Sub", [xv, mean])
     ss = _reduce(b, "ReduceSum", b.op("Mul", [d, d]), axes, keepdim)
     y = b.op("Div", [ss, b.scalar(max(n - correction, 0), dt)])
@@ -190,4 +238,6 @@ def vector_norm(b: Builder, node):
         xv = b.op("Abs", [xv])
     if rank_of(x) == 0:
         return b.op("Abs", [xv])
-    return _reduce(b, ops[ord_], xv, _axes(x, _kw(node, 2, "dim", None)), _kw(node, 3, "keepdim", False))
+    dt = out_meta(node).dtype
+    return _reduce(b, ops[ord_], xv, _axes(x, _kw(node, 2, "dim", None)), _kw(node, 3, "keepdim", False),
+                   x, dt)
