@@ -92,7 +92,8 @@ def main():
     opts = {}
     for kv in (r for r in rest if "=" in r):
         k, v = kv.split("=")
-        opts[k] = {"True": True, "False": False}.get(v, v)
+        opts[k] = tuple(v.split("+")) if k == "disable_passes" else \
+            {"True": True, "False": False}.get(v, v)
     model, example = get(name, size="base", batch=batch, seed=0)
     model, example = model.cuda(), tuple(x.cuda() for x in example)
     sets = timing.rotated_inputs(example)
