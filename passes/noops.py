@@ -25,9 +25,11 @@ Rules (the code says `# rule N`):
  12. x.to(a).to(b) -> x.to(b) when a is wider than both ends (exact for both), so that
      skipping it changes no value; not for a float a and an integer b (a float -> int cast of
      an out-of-range value is undefined, and f32 and f64 kernels need not agree on it).
+ 13. constant_pad_nd with every pad 0: torchvision's Swin pads each window stage to a multiple
+     of the window size, which at 224x224 is no padding at all (15 copy kernels a call).
 
 Every rule refuses, with the reason in the notes, when it would make a graph output an input,
-a constant, another output, or (for the copies: 1, 3, 7, 11) a view of something else: the
+a constant, another output, or (for the copies: 1, 3, 7, 11, 13) a view of something else: the
 caller would then share memory it did not share before. Chain rules (9, 10, 12) refuse when
 the intermediate has another user: the chain would stay, and nothing would be saved.
 
@@ -174,6 +176,14 @@ def match_arith(node, ctx):  # rule 7
         if adds_plus_zero and xv is not None and xv.is_floating_point():
             return Refuse("x + 0.0 turns -0.0 into +0.0")
     return _identity(node, x, copy=True)
+
+
+def match_pad(node, ctx):  # rule 13
+    if not is_op(node, aten.constant_pad_nd.default):
+        return None
+    if any(not isinstance(p, int) or p != 0 for p in node.args[1]):
+        return None  # a real pad or crop (negative), or a symbolic one: not an identity
+    return _identity(node, node.args[0], copy=True)
 
 
 # -- rules 8-10: chains of layout ops -----------------------------------------------------------
@@ -347,4 +357,5 @@ RULES = [
     Rule("view_chain", match_view_chain, _apply_chain),        # 10
     Rule("cast_roundtrip", match_cast_roundtrip, _replace),    # 11
     Rule("cast_chain", match_cast_chain, _apply_cast_chain),   # 12
+    Rule("pad_zero", match_pad, _replace),                     # 13
 ]

@@ -343,6 +343,33 @@ def test_rule12_cast_chains_collapse_only_through_a_wider_type(src, mid, dst, co
     assert casts[-1].meta["val"].dtype == dst
 
 
+class ZeroPad(nn.Module):
+    """torchvision's Swin pads each stage to a multiple of its window; at 224x224 that is 0."""
+
+    def forward(self, x):
+        y = torch.nn.functional.pad(x.relu(), (0, 0, 0, 0))
+        return y * 2, torch.nn.functional.pad(x, (1, 0)) + 1, torch.nn.functional.pad(x, (-1, 0))
+
+
+def test_rule13_all_zero_pad_goes_and_a_real_pad_or_crop_stays():
+    x = torch.randn(2, 3, 4)
+    gm = _captured(ZeroPad(), x)
+    assert _ops(gm).count(aten.constant_pad_nd.default) == 3
+    result = _noops(gm, [x])
+    assert _ops(gm).count(aten.constant_pad_nd.default) == 2
+    assert any(n.startswith("pad_zero") for n in result.notes)
+
+
+def test_rule13_a_zero_pad_returned_next_to_its_input_stays():
+    x = torch.randn(2, 3)
+    b = Graph(x)
+    r = b.call(aten.relu.default, b.x[0])
+    gm = b.module(r, b.call(aten.constant_pad_nd.default, r, [0, 0], 0.0))
+    result = _noops(gm, [x])
+    assert aten.constant_pad_nd.default in _ops(gm)
+    assert _refused(result, "graph output would repeat another output")
+
+
 def test_exact_table():
     assert noops.exact(torch.float16, torch.float32) and not noops.exact(torch.float32, torch.float16)
     assert noops.exact(torch.uint8, torch.bfloat16) and not noops.exact(torch.int16, torch.float16)
