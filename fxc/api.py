@@ -89,6 +89,9 @@ def compile(model: torch.nn.Module, example_inputs, *, device=None, precision: s
     the report; a named backend raises instead); verify: check every pass numerically;
     dump_dir: write each stage there; disable_passes: pass names to skip.
     dynamic_batch=True (onnxruntime, tensorrt): calls may use any batch size on dim 0.
+    dynamic_shapes: ranges in torch.export's format, per input `{axis: Dim("name", min=...,
+    max=...)}` (or Dim.AUTO), a tuple by position or a dict by forward's parameter names:
+    one compile runs every size in the ranges; a size outside them is an FxcInputError.
     """
     t_start = time.perf_counter()
     args, kwargs = normalize_inputs(example_inputs)
@@ -144,7 +147,7 @@ def _compile(model, args, kwargs, t_start, *, device, precision, backend, verify
     model, args, kwargs = _to_device(model, args, kwargs, opts.device)
 
     t0 = time.perf_counter()
-    captured = capture(model, args, kwargs)
+    captured = capture(model, args, kwargs, opts.dynamic_shapes)
     gm = captured.gm
     capture_ms = (time.perf_counter() - t0) * 1e3
     captured_nodes = ir.count_compute(gm)

@@ -24,7 +24,7 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
-from . import decomp
+from . import decomp, dynamic
 from .errors import FxcCaptureError
 
 _ASSERT_OPS = {
@@ -43,6 +43,13 @@ class InputSpec:
     shape: tuple[int, ...] = ()
     device: torch.device | None = None
     value: Any = None               # the specialized value of a non-tensor leaf
+    # Per axis: None (exactly `shape[axis]`) or the DimRange it may take (fxc/dynamic.py);
+    # empty: every axis fixed. `shape` holds the example's sizes either way.
+    dims: tuple = ()
+
+    @property
+    def dynamic(self) -> bool:
+        return any(d is not None for d in self.dims)
 
 
 @dataclasses.dataclass
@@ -86,7 +93,8 @@ def normalize_inputs(example_inputs) -> tuple[tuple, dict]:
     return (example_inputs,), {}
 
 
-def capture(model: torch.nn.Module, args: tuple, kwargs: dict) -> Captured:
+def capture(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_shapes=None) -> Captured:
+    """`dynamic_shapes`: torch.export's format (fxc/dynamic.py); None captures static shapes."""
     if not isinstance(model, torch.nn.Module):
         raise FxcCaptureError(f"expected a torch.nn.Module, got {type(model).__name__}",
                               hint="wrap a function in an nn.Module whose forward calls it")
@@ -98,14 +106,23 @@ def capture(model: torch.nn.Module, args: tuple, kwargs: dict) -> Captured:
             warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
             eager_out = _run_eager(model, args, kwargs)
             _register_dataclasses((args, kwargs, eager_out))
-            ep = _export(model, args, kwargs)
+            shapes, dim_names = dynamic.for_export(model, args, kwargs, dynamic_shapes)
+            ep = _export(model, args, kwargs, shapes)
             ep = ep.run_decompositions(decomp.table())
     finally:
         model.train(was_training)
     gm = _flatten_program(ep)
+    specs = _input_specs(model, args, kwargs)
+    if dynamic_shapes is not None:
+        specs = _with_dims(specs, dynamic.input_dims(gm, ep.range_constraints, dim_names))
     return Captured(gm=gm, in_spec=ep.call_spec.in_spec, out_spec=ep.call_spec.out_spec,
-                    inputs=_input_specs(model, args, kwargs), eager_out=eager_out,
-                    layout=_layout(model, args, kwargs))
+                    inputs=specs, eager_out=eager_out, layout=_layout(model, args, kwargs))
+
+
+def _with_dims(specs: list[InputSpec], dims: list[tuple]) -> list[InputSpec]:
+    """Tensor specs (placeholder order) get their axes' ranges."""
+    it = iter(dims)
+    return [dataclasses.replace(s, dims=next(it, ())) if s.is_tensor else s for s in specs]
 
 
 def _layout(model, args, kwargs) -> CallLayout | None:
@@ -125,9 +142,10 @@ def _run_eager(model, args, kwargs):
         raise _capture_error(e, "the model fails in eager mode on the example inputs") from None
 
 
-def _export(model, args, kwargs):
+def _export(model, args, kwargs, dynamic_shapes=None):
     try:
-        return torch.export.export(model, args, kwargs, strict=False)
+        return torch.export.export(model, args, kwargs, dynamic_shapes=dynamic_shapes,
+                                   strict=False)
     except Exception as e:
         raise _capture_error(e) from None
 
@@ -194,9 +212,25 @@ def _capture_error(exc: BaseException, context: str | None = None) -> FxcCapture
     if context:
         reason = f"{context}: {reason}"
     hint = next((h for k, h in _HINTS.items() if k in text or k in type(exc).__name__), None)
+    fixes = _suggested_fixes(text)
+    if fixes:  # a declared range the model cannot take: export says which range it can
+        hint = "the model does not run every size of the declared range; export suggests: " + fixes
     err = FxcCaptureError(reason, source=_user_frame(exc), hint=hint)
     err.cause = exc  # the full original error, for whoever wants all of it
     return err
+
+
+def _suggested_fixes(text: str) -> str | None:
+    """torch.export's 'Suggested fixes:' lines (`seq = Dim('seq', min=8, max=64)`), joined."""
+    lines = [line.strip() for line in text.splitlines()]
+    if "Suggested fixes:" not in lines:
+        return None
+    fixes = []
+    for line in lines[lines.index("Suggested fixes:") + 1:]:
+        if not line:
+            break
+        fixes.append(line)
+    return "; ".join(fixes) or None
 
 
 # -- the flat GraphModule ------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 
@@ -47,6 +48,12 @@ class CompileOptions:
     # ONNX lowering and its backends (lowering/, runtime/ort_engine.py, runtime/trt_engine.py):
     opset: int = 17                   # 17..20; 17 is the first with LayerNormalization (TensorRT 10: 9..24)
     dynamic_batch: bool = False       # dim 0 of inputs/outputs symbolic where provably batch-agnostic
+    # Shapes as ranges (fxc/dynamic.py): torch.export's dynamic_shapes, read by capture only.
+    dynamic_shapes: Any = dataclasses.field(default=None, compare=False, hash=False)
+    # CUDA graphs of a symbolic graph (runtime/buckets.py): one per bucket of sizes, captured on
+    # first use. None: powers of two; else the sorted bucket sizes of the first dynamic axis.
+    shape_buckets: tuple[int, ...] | None = None
+    max_cuda_graphs: int = 8          # captured buckets kept at once (least recently used goes)
     external_data_threshold: int = 2_000_000_000  # ONNX bytes over which tensors go to model.onnx.data
     ort_threads: int = 0              # ONNX Runtime intra-op threads; 0: the physical cores
     trt_cache_dir: str | None = None  # TensorRT engine + timing cache dir (None: ~/.cache/fxc/tensorrt)
@@ -78,6 +85,7 @@ def resolve(*, device, precision, backend, verify, dump_dir, disable_passes, def
         raise FxcOptionError(f"device={device!r}: CUDA is not available on this machine")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
+    _check_dynamic(extra)
     if isinstance(disable_passes, str):
         disable_passes = (disable_passes,)
     fields = {f.name for f in dataclasses.fields(CompileOptions)}
@@ -91,3 +99,16 @@ def resolve(*, device, precision, backend, verify, dump_dir, disable_passes, def
         disable_passes=tuple(disable_passes) + debug.env_disabled_passes(),
         **extra,
     )
+
+
+def _check_dynamic(extra: dict) -> None:
+    """shape_buckets: positive sizes (kept sorted, as a tuple); max_cuda_graphs >= 1."""
+    buckets = extra.get("shape_buckets")
+    if buckets is not None:
+        if isinstance(buckets, int) or not all(isinstance(b, int) and b > 0 for b in buckets) \
+                or not len(buckets):
+            raise FxcOptionError(f"shape_buckets={buckets!r}: expected a list of positive sizes")
+        extra["shape_buckets"] = tuple(sorted(set(buckets)))
+    n = extra.get("max_cuda_graphs", 1)
+    if not isinstance(n, int) or n < 1:
+        raise FxcOptionError(f"max_cuda_graphs={n!r}: expected an int >= 1")

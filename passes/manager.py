@@ -4,6 +4,11 @@ A pass is a function `(gm, ctx) -> PassResult` that rewrites `gm` in place and k
 invariant (fxc/ir.py: every node's meta["val"] true). The manager recompiles the graph after
 each pass; in verify mode it lints it and compares its outputs on the example inputs with the
 stage before, and raises FxcVerifyError naming the first pass that broke them.
+
+Symbolic shapes (DESIGN decision 11): on a graph whose inputs have symbolic sizes, a pass
+runs only if its entry declares it works on them (`Pass.static_only` is None); any other is
+skipped with its reason in the report, never run to specialize the graph silently. After a
+pass that runs, the graph must still be symbolic and hold no concrete SymInt in an argument.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import torch.fx as fx
 
 from fxc import ir
 from fxc.debug import log
+from fxc.dynamic import is_symbolic
 from fxc.errors import FxcError, FxcPassError, FxcVerifyError
 from fxc.options import CompileOptions
 
@@ -53,6 +59,9 @@ class Pass:
     fn: Callable[[fx.GraphModule, PassContext], PassResult]
     numerics: str = "fp32"
     when: Callable[[CompileOptions], bool] = lambda opts: True
+    # None: correct on symbolic shapes (tests/test_dynamic_passes.py runs it at several sizes);
+    # else why it needs static shapes, shown in the report when a symbolic graph skips it.
+    static_only: str | None = "not yet checked on symbolic shapes"
 
 
 @dataclasses.dataclass
@@ -71,12 +80,18 @@ def run_pipeline(gm: fx.GraphModule, ctx: PassContext, pipeline: list[Pass],
     """Run every enabled pass in order; returns one record per pipeline entry."""
     opts, records = ctx.options, []
     reference = _execute(gm, ctx) if opts.verify else None
+    symbolic = is_symbolic(gm)
     for p in pipeline:
         if not p.when(opts):
             records.append(PassRecord(p.name, 0.0, 0, ir.count_compute(gm), skipped="not for these options"))
             continue
         if not opts.enabled(p.name):
             records.append(PassRecord(p.name, 0.0, 0, ir.count_compute(gm), skipped="disabled"))
+            continue
+        if symbolic and p.static_only:
+            records.append(PassRecord(p.name, 0.0, 0, ir.count_compute(gm),
+                                      skipped=f"needs static shapes: {p.static_only}"))
+            log.info("pass %s skipped on symbolic shapes: %s", p.name, p.static_only)
             continue
         t0 = time.perf_counter()
         try:
@@ -86,6 +101,8 @@ def run_pipeline(gm: fx.GraphModule, ctx: PassContext, pipeline: list[Pass],
         except Exception as e:  # a bug in a pass: say which pass, keep the cause chained
             raise FxcPassError(p.name, f"{type(e).__name__}: {e}") from e
         gm.recompile()
+        if symbolic:
+            check_still_symbolic(gm, p.name)
         ms = (time.perf_counter() - t0) * 1e3
         records.append(PassRecord(p.name, ms, result.rewrites, ir.count_compute(gm),
                                   notes=result.notes, stats=result.stats))
@@ -97,6 +114,20 @@ def run_pipeline(gm: fx.GraphModule, ctx: PassContext, pipeline: list[Pass],
         if on_stage is not None:
             on_stage(p.name, gm)
     return records
+
+
+def check_still_symbolic(gm: fx.GraphModule, pass_name: str) -> None:
+    """A pass on a symbolic graph must keep it so: inputs still symbolic, and no argument a
+    concrete SymInt (a size read off meta and written into the graph: fixed at trace time)."""
+    if not is_symbolic(gm):
+        raise FxcPassError(pass_name, "made the graph's symbolic input sizes static")
+    for node in gm.graph.nodes:
+        baked = []
+        fx.node.map_aggregate((node.args, node.kwargs), lambda a: baked.append(a)
+                              if isinstance(a, (torch.SymInt, torch.SymFloat, torch.SymBool)) else a)
+        if baked:
+            raise FxcPassError(pass_name, f"wrote the symbolic size {baked[0]} into an argument "
+                               f"instead of computing it in the graph", node=ir.describe(node))
 
 
 def _execute(gm: fx.GraphModule, ctx: PassContext) -> tuple:

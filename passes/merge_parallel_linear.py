@@ -27,6 +27,7 @@ after it, they are fxc::linear_act already and no aten.linear.
 from __future__ import annotations
 
 import collections
+import contextlib
 import operator
 
 import torch
@@ -154,10 +155,19 @@ def _strides_matter(lin: fx.Node) -> str | None:
     Ops that compute keep their input's dim order, which the slice shares."""
     out = ir.tensor_meta(lin)
     # the slice as the merged output holds it: rows of (at least) twice its width; on the
-    # meta device, where views keep their strides and nothing is computed
-    piece = torch.empty(tuple(out.shape[:-1]) + (2 * out.shape[-1],), dtype=out.dtype,
-                        device="meta")[..., : out.shape[-1]]
-    return _views_fail(lin, piece, lin.name, 0)
+    # meta device, where views keep their strides and nothing is computed (symbolic sizes:
+    # inside the graph's own fake mode, which owns their symbols)
+    with _mode_of(out):
+        piece = torch.empty(tuple(out.shape[:-1]) + (2 * out.shape[-1],), dtype=out.dtype,
+                            device="meta")[..., : out.shape[-1]]
+        return _views_fail(lin, piece, lin.name, 0)
+
+
+def _mode_of(val: torch.Tensor):
+    """The fake mode that owns a symbolic meta value's sizes; a no-op context for static ones."""
+    if all(isinstance(s, int) for s in val.shape):
+        return contextlib.nullcontext()
+    return getattr(val, "fake_mode", None) or contextlib.nullcontext()
 
 
 def _views_fail(node: fx.Node, fake, name: str, depth: int) -> str | None:
@@ -167,10 +177,15 @@ def _views_fail(node: fx.Node, fake, name: str, depth: int) -> str | None:
         if u.target in _STRIDE_SENSITIVE:
             return f"%{u.name} reads the strides of %{name}"
         rest = pytree.tree_leaves((u.args[1:], u.kwargs))
-        if u.target not in _VIEW_CHAIN or any(isinstance(a, fx.Node) for a in rest) or depth > 16:
+        if u.target not in _VIEW_CHAIN or depth > 16:
+            continue
+        # a size computed in the graph (a symbolic dim): its meta value, a SymInt
+        sized = lambda n: n.meta.get("val") if isinstance(n.meta.get("val"), torch.SymInt) else n  # noqa: E731
+        args, kwargs = fx.node.map_arg((u.args[1:], u.kwargs), sized)
+        if any(isinstance(a, fx.Node) for a in pytree.tree_leaves((args, kwargs))):
             continue
         try:
-            val = u.target(fake, *u.args[1:], **u.kwargs)
+            val = u.target(fake, *args, **kwargs)
         except RuntimeError:
             return f"%{u.name} cannot view a strided slice of the merged output of %{name}"
         if (why := _views_fail(u, val, name, depth + 1)):

@@ -40,6 +40,8 @@ can hand a later kernel the same values in the same strides); every meta["val"] 
 """
 from __future__ import annotations
 
+import contextlib
+
 import math
 from typing import Any
 
@@ -359,3 +361,73 @@ RULES = [
     Rule("cast_chain", match_cast_chain, _apply_cast_chain),   # 12
     Rule("pad_zero", match_pad, _replace),                     # 13
 ]
+
+
+# -- views their input's layout no longer allows (issue 16.9) ----------------------------------
+#
+# Capture records strides, and a graph relies on them: torch.export drops a .contiguous() that
+# was a no-op at trace time, and rule 1 drops a clone whose input was already contiguous. A
+# pass that later changes an op's output layout or dtype can change those strides (on CUDA,
+# SDPA's output layout depends on the kernel its dtype picks; channels-last convs; a cast of a
+# non-dense value), and a `view` downstream may no longer be possible. The passes that change
+# layouts or dtypes (cast_precision, layout) therefore end with `repair_views`, and
+# cast_precision also fixes each view as it re-infers it: the view reads a contiguous clone
+# (what capture emits for x.contiguous().view() or a copying reshape), so it stays in the
+# ATen form the later passes and backends know.
+
+VIEW_OPS = (aten.view.default, aten._unsafe_view.default)
+
+
+def viewable(x: torch.Tensor, shape) -> bool:
+    """Whether torch can view a tensor with `x`'s shape and strides as `shape` (no copy).
+    Symbolic sizes are decided in the fake mode that owns them; a view it cannot decide for
+    every size of the range counts as not viewable (the copy is always correct)."""
+    symbolic = not all(isinstance(s, int) for s in (*x.shape, *x.stride(), *shape))
+    mode = getattr(x, "fake_mode", None) if symbolic else None
+    try:
+        with mode if mode is not None else contextlib.nullcontext():
+            torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta").view(shape)
+    except Exception:  # RuntimeError/ValueError; symbolic: a guard it cannot decide
+        return False
+    return True
+
+
+def needs_copy(node: fx.Node) -> bool:
+    """A view node whose input, as its meta now is, cannot be viewed as the node asks."""
+    if node.op != "call_function" or node.target not in VIEW_OPS:
+        return False
+    x = _val(node.args[0])
+    # a size computed in the graph (a symbolic dim) stands for its meta value, a SymInt
+    shape = fx.node.map_arg(node.args[1], lambda n: n.meta.get("val"))
+    return x is not None and not viewable(x, shape)
+
+
+def read_contiguous(graph: fx.Graph, node: fx.Node) -> fx.Node:
+    """Make view `node` read a contiguous clone of its input (inserted before it)."""
+    with graph.inserting_before(node):
+        clone = ir.new_call(graph, aten.clone.default, (node.args[0],),
+                            {"memory_format": torch.contiguous_format}, like=node)
+    node.args = (clone,) + tuple(node.args[1:])
+    return clone
+
+
+def repair_views(gm: fx.GraphModule) -> list[str]:
+    """Every view whose input's strides no longer allow it reads a contiguous clone. Each
+    view's meta is inferred again from its input's (a pass that replaced an upstream op may
+    have left its consumers' metas as they were), and where that changes it, or a view was
+    repaired, every later node's too. Returns the repaired views' names.
+
+    Invariant after: every view/_unsafe_view node can view its input, and its meta (and
+    everything after a changed one) is what its inputs' metas give."""
+    repaired, stale = [], False
+    for n in list(gm.graph.nodes):
+        if n.op != "call_function" or not (stale or n.target in VIEW_OPS):
+            continue
+        if needs_copy(n):
+            read_contiguous(gm.graph, n)
+            repaired.append(n.name)
+        before = _val(n)
+        ir.infer_node_meta(n)
+        after = _val(n)
+        stale = stale or before is None or after is None or before.stride() != after.stride()
+    return repaired

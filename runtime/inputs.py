@@ -2,9 +2,10 @@
 
 Invariant: `flatten` returns the tensor leaves in graph-placeholder order, or raises
 FxcInputError (naming the input, the axis, what was expected and what came) before any
-kernel runs. Shapes must match the compile shapes exactly, except, when the engine runs a
-dynamic batch (`DynamicBatch`), dim 0 of the inputs the lowered model made symbolic: that
-may be any size in the engine's range, the same for all of them.
+kernel runs. Shapes must match the compile shapes exactly, except (1) an axis compiled as a
+range (`InputSpec.dims`, from `dynamic_shapes=`): any size in its range, equal to every other
+axis of the same symbol; (2) when the engine runs a dynamic batch (`DynamicBatch`), dim 0 of
+the inputs the lowered model made symbolic: any size in the engine's range, the same for all.
 """
 from __future__ import annotations
 
@@ -57,8 +58,12 @@ class InputChecker:
             if spec != self.in_spec:
                 raise FxcInputError(self._structure_message(leaves, spec))
         tensors, first = [], None  # first: (name, size) of the first batched input
+        bound: dict[str, tuple[str, int, int]] = {}  # symbol -> (input, axis, size) seen first
         for spec, leaf, batched in zip(self.specs, leaves, self.batched):
-            if spec.is_tensor:
+            if spec.is_tensor and spec.dynamic:
+                _check_ranged(spec, leaf, bound)
+                tensors.append(leaf)
+            elif spec.is_tensor:
                 _check_tensor(spec, leaf, self.batch if batched else None)
                 if batched:
                     first = first or (spec.name, leaf.shape[0])
@@ -99,11 +104,50 @@ def _check_tensor(spec: InputSpec, x, batch: DynamicBatch | None = None) -> None
     if tuple(x.shape) != expected:
         axis = next(i for i, (a, b) in enumerate(zip(x.shape, expected)) if a != b)
         shown = _shape_text(spec.shape, batch is not None)
+        hint = "" if batch is not None else (
+            "; to accept a range of sizes, compile with dynamic_shapes= (torch.export's format: "
+            f"{{{axis}: torch.export.Dim('name', min=..., max=...)}} for this input) or, for "
+            "dim 0 of every input, dynamic_batch=True")
         raise FxcInputError(f"input '{spec.name}': axis {axis} expected size {expected[axis]}, "
                             f"got {x.shape[axis]} (expected shape {shown}, got "
-                            f"{tuple(x.shape)})")
+                            f"{tuple(x.shape)}){hint}")
     if x.device != spec.device:
         raise FxcInputError(f"input '{spec.name}': expected device {spec.device}, got {x.device}")
+
+
+def _check_ranged(spec: InputSpec, x, bound: dict) -> None:
+    """An input with ranged axes: fixed axes exact, ranged ones inside their range and equal
+    to the first axis of the same symbol (`bound`, filled as inputs are checked)."""
+    if not isinstance(x, torch.Tensor):
+        raise FxcInputError(f"input '{spec.name}': expected a tensor, got {type(x).__name__}")
+    if x.dtype != spec.dtype:
+        raise FxcInputError(f"input '{spec.name}': expected dtype {spec.dtype}, got {x.dtype}")
+    shown = _ranged_text(spec)
+    if x.dim() != len(spec.shape):
+        raise FxcInputError(f"input '{spec.name}': expected rank {len(spec.shape)} "
+                            f"(shape {shown}), got rank {x.dim()} (shape {tuple(x.shape)})")
+    for axis, (n, want, dim) in enumerate(zip(x.shape, spec.shape, spec.dims)):
+        if dim is None and n != want:
+            raise FxcInputError(f"input '{spec.name}': axis {axis} expected size {want}, got "
+                                f"{n} (expected shape {shown}, got {tuple(x.shape)})")
+        if dim is None:
+            continue
+        if not dim.contains(n):
+            raise FxcInputError(f"input '{spec.name}': axis {axis} ({dim.name}) expected a size "
+                                f"in {dim.describe()}, got {n} (shape {tuple(x.shape)}); the "
+                                f"module was compiled for that range")
+        other = bound.setdefault(dim.symbol, (spec.name, axis, n))
+        if other[2] != n:
+            raise FxcInputError(f"input '{spec.name}': axis {axis} ({dim.name}) must equal "
+                                f"axis {other[1]} of input '{other[0]}' (size {other[2]}), "
+                                f"got {n}")
+    if x.device != spec.device:
+        raise FxcInputError(f"input '{spec.name}': expected device {spec.device}, got {x.device}")
+
+
+def _ranged_text(spec: InputSpec) -> str:
+    dims = [str(n) if d is None else f"{d.name}: {d.describe()}" for n, d in zip(spec.shape, spec.dims)]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
 
 def _check_batch_size(spec: InputSpec, x: torch.Tensor, batch: DynamicBatch) -> None:

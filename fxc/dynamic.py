@@ -1,0 +1,179 @@
+"""Dynamic shapes (DESIGN decision 11): ranges in torch.export's `dynamic_shapes` format.
+
+The user writes what torch.export takes: per input `{axis: torch.export.Dim("name", min=...,
+max=...)}` (or `Dim.AUTO`, `Dim.DYNAMIC`), as a tuple by position or a dict keyed by
+`forward`'s parameter names. `dynamic_batch=True` is the shorthand `batch_shapes` expands.
+
+Export turns every free axis into a symbol (`s33`) with a value range; `input_dims` reads
+them back off the captured graph's placeholders, so the compiled module knows, per tensor
+input and axis, either a fixed size (None) or a `DimRange`. Axes that share a symbol must be
+equal at run time (runtime/inputs.py checks both before any kernel runs).
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.utils._pytree as pytree
+
+from .errors import FxcOptionError
+
+
+@dataclasses.dataclass(frozen=True)
+class DimRange:
+    """One symbolic axis: `symbol` is export's expression for it (axes with the same symbol
+    are one size), `name` the user's Dim name where known, sizes low..high inclusive
+    (high None: unbounded)."""
+
+    symbol: str
+    name: str
+    low: int
+    high: int | None
+
+    def contains(self, n: int) -> bool:
+        return n >= self.low and (self.high is None or n <= self.high)
+
+    def describe(self) -> str:
+        return f"{self.low}..{self.high}" if self.high is not None else f">= {self.low}"
+
+    def to_json(self) -> dict:
+        return {"symbol": self.symbol, "name": self.name, "low": self.low, "high": self.high}
+
+
+def is_symbolic(gm: fx.GraphModule) -> bool:
+    """Whether any placeholder of `gm` has a symbolic size (the graph runs a range of shapes)."""
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            val = node.meta.get("val")
+            if isinstance(val, torch.Tensor) and not all(isinstance(s, int) for s in val.shape):
+                return True
+    return False
+
+
+def batch_shapes(args: tuple, kwargs: dict) -> tuple[Any, Any]:
+    """`dynamic_batch=True` as torch.export's format: dim 0 of every tensor input with a dim 0,
+    one Dim shared by all of them (they must agree on the batch)."""
+    batch = torch.export.Dim("batch", min=1)
+    spec = lambda x: {0: batch} if isinstance(x, torch.Tensor) and x.dim() else None  # noqa: E731
+    return pytree.tree_map(spec, args), pytree.tree_map(spec, kwargs)
+
+
+def for_export(model, args: tuple, kwargs: dict, dynamic_shapes) -> tuple[Any, dict[tuple, str]]:
+    """(what torch.export.export takes as `dynamic_shapes`, {(tensor leaf index, axis): Dim
+    name}). A tuple given for a `forward(*args)` model is regrouped the way export wants it
+    (the varargs as one tuple); a dict is keyed by parameter name, as export's is."""
+    if dynamic_shapes is None:
+        return None, {}
+    names = _param_names(model)
+    if isinstance(dynamic_shapes, dict):
+        unknown = set(dynamic_shapes) - set(names or ()) - set(kwargs)
+        if names is not None and unknown:
+            raise FxcOptionError(f"dynamic_shapes: {sorted(unknown)} name no parameter of "
+                                 f"forward (parameters: {names})")
+        per_arg = [dynamic_shapes.get(n) for n in (names or [])[:len(args)]]
+        per_kw = {k: dynamic_shapes.get(k) for k in kwargs}
+    elif isinstance(dynamic_shapes, (tuple, list)):
+        if len(dynamic_shapes) != len(args) + len(kwargs):
+            raise FxcOptionError(f"dynamic_shapes: {len(dynamic_shapes)} entries for "
+                                 f"{len(args) + len(kwargs)} inputs; give one per input "
+                                 f"(None for an input with no dynamic axis)")
+        per_arg = list(dynamic_shapes[:len(args)])
+        per_kw = dict(zip(kwargs, dynamic_shapes[len(args):]))
+    else:
+        raise FxcOptionError(f"dynamic_shapes={type(dynamic_shapes).__name__}: expected a tuple "
+                             f"(one entry per input) or a dict keyed by forward's parameters")
+    names_of = _leaf_dim_names((tuple(args), kwargs), (tuple(per_arg), per_kw))
+    return _export_layout(model, args, per_arg, per_kw), names_of
+
+
+def _param_names(model) -> list[str] | None:
+    try:
+        return list(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return None
+
+
+def _export_layout(model, args, per_arg: list, per_kw: dict):
+    """torch.export matches `dynamic_shapes` against forward's bound arguments: varargs are
+    one entry (a tuple); everything else one entry per parameter, in order."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return tuple(per_arg) + tuple(per_kw.values())
+    out, i = {}, 0
+    for p in params:
+        if p.kind == p.VAR_POSITIONAL:
+            out[p.name] = tuple(per_arg[i:])
+            i = len(per_arg)
+        elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and i < len(per_arg):
+            out[p.name] = per_arg[i]
+            i += 1
+        elif p.kind == p.VAR_KEYWORD:
+            out.update({k: v for k, v in per_kw.items() if k not in out})
+        elif p.name in per_kw:
+            out[p.name] = per_kw[p.name]
+    return out
+
+
+def _leaf_dim_names(inputs, shapes) -> dict[tuple[int, int], str]:
+    """{(index among tensor leaves, axis): Dim name} for every named Dim the user gave."""
+    found: dict[tuple[int, int], str] = {}
+    counter = [0]
+
+    def walk(x, spec):
+        if isinstance(x, torch.Tensor):
+            k = counter[0]
+            counter[0] += 1
+            items = spec.items() if isinstance(spec, dict) else enumerate(spec or ())
+            for axis, dim in items:
+                name = getattr(dim, "__name__", None)
+                if name and not isinstance(dim, type(torch.export.Dim.AUTO)):
+                    found[(k, int(axis))] = name
+            return
+        if isinstance(x, (tuple, list)):
+            for i, y in enumerate(x):
+                walk(y, spec[i] if isinstance(spec, (tuple, list)) and i < len(spec) else None)
+        elif isinstance(x, dict):
+            for key, y in x.items():
+                walk(y, spec.get(key) if isinstance(spec, dict) else None)
+        else:  # dataclasses, namedtuples and other pytree nodes: no per-leaf names
+            for y in pytree.tree_leaves(x):
+                if isinstance(y, torch.Tensor):
+                    counter[0] += 1
+
+    walk(inputs, shapes)
+    return found
+
+
+def input_dims(gm: fx.GraphModule, ranges: dict, names: dict[tuple[int, int], str]
+               ) -> list[tuple[DimRange | None, ...]]:
+    """Per placeholder: per axis, None (a fixed size) or the DimRange export gave it."""
+    out = []
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for k, node in enumerate(placeholders):
+        val = node.meta.get("val")
+        shape = val.shape if isinstance(val, torch.Tensor) else ()
+        out.append(tuple(None if isinstance(s, int) else _range(s, ranges, names.get((k, a)))
+                         for a, s in enumerate(shape)))
+    return out
+
+
+def _range(size: torch.SymInt, ranges: dict, name: str | None) -> DimRange:
+    from torch.utils._sympy.value_ranges import bound_sympy
+    expr = size.node.expr
+    vr = ranges.get(expr) if expr in ranges else bound_sympy(expr, ranges)
+    low, high = _as_int(vr.lower), _as_int(vr.upper)
+    return DimRange(str(expr), name or str(expr), low if low is not None else 0, high)
+
+
+def _as_int(bound) -> int | None:
+    """A range end as an int; None for an unbounded end (export's int_oo)."""
+    if getattr(bound, "is_finite", True) is False or getattr(bound, "is_integer", True) is False:
+        return None
+    try:
+        return int(bound)
+    except (TypeError, ValueError, OverflowError, AttributeError):
+        return None

@@ -1,0 +1,124 @@
+"""Passes on symbolic shapes (issue 13, DESIGN decision 11): every pass the pipeline runs on a
+symbolic graph keeps the graph symbolic and correct at every size of the range; a pass that
+needs static shapes is skipped by the manager with its reason in the report, never run to
+specialize the graph silently.
+
+Oracle: eager on the same inputs at the range's ends and a size between (inputs resized by
+repeating the example's rows, so token ids and masks stay valid); FP32 under assert_close's
+defaults after passes that keep rounding ('exact'/'fp32'), relative norm error otherwise."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.fx as fx
+import torch.utils._pytree as pytree
+from torch.export import Dim
+
+from fxc.capture import capture
+from fxc.dynamic import is_symbolic
+from fxc.errors import FxcPassError
+from fxc.models import get
+from fxc.options import resolve
+from fxc.passes import PIPELINE, PassContext, run_pipeline
+from fxc.passes.manager import Pass, PassResult
+
+BATCH, SEQ = Dim("batch", min=1, max=16), Dim("seq", min=8, max=32)
+# zoo model -> per input, its dynamic axes
+CASES = {"mlp": ({0: BATCH},), "resnet18": ({0: BATCH},),
+         "bert": ({0: BATCH, 1: SEQ}, {0: BATCH, 1: SEQ}), "gpt2": ({0: BATCH, 1: SEQ},)}
+SIZES = {BATCH: (1, 16, 5), SEQ: (8, 32, 13)}
+
+
+def resized(x: torch.Tensor, shape) -> torch.Tensor:
+    """`x` at `shape`, each axis repeating the example's entries (ids and masks stay valid)."""
+    for axis, n in enumerate(shape):
+        x = x.index_select(axis, torch.arange(n) % x.shape[axis])
+    return x
+
+
+def inputs_at(xs, spec, k: int):
+    """The example inputs with every dynamic axis at its k-th test size."""
+    return [resized(x, [SIZES[d][k] if d is not None else s
+                        for s, d in zip(x.shape, [axes.get(a) for a in range(x.dim())])])
+            for x, axes in zip(xs, spec)]
+
+
+def options(precision: str):
+    return resolve(device="cpu", precision=precision, backend="torch", verify=False,
+                   dump_dir=None, disable_passes=(), default_device=torch.device("cpu"))
+
+
+def symbolic_passes(precision: str) -> list[Pass]:
+    """Every pass that declares it runs on symbolic shapes, on whatever device it targets (the
+    reference kernels run on the CPU; fuse_regions refuses symbolic regions itself)."""
+    keep = [p for p in PIPELINE if p.static_only is None]
+    if precision == "fp32":
+        keep = [p for p in keep if p.name not in ("cast_precision", "align_gemm")]
+    return [dataclasses.replace(p, when=lambda o: True) for p in keep]
+
+
+def relative_error(got, want) -> float:
+    got, want = got.double(), want.double()
+    return float((got - want).norm() / want.norm().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_symbolic_pipeline_matches_eager_across_the_range(name, precision):
+    model, xs = get(name, size="tiny", batch=2)
+    spec = CASES[name]
+    gm = capture(model, tuple(xs), {}, spec).gm
+    records = run_pipeline(gm, PassContext(options(precision), list(xs)), symbolic_passes(precision))
+    assert is_symbolic(gm) and any(r.rewrites for r in records)
+    for k in range(3):
+        ys = inputs_at(xs, spec, k)
+        with torch.no_grad():
+            got, want = gm(*ys), pytree.tree_leaves(model(*ys))
+        for g, w in zip(got, want):
+            assert g.shape == w.shape
+            if precision == "fp32":
+                assert relative_error(g, w) < 1e-5  # fusions reassociate fp32 sums
+            else:
+                assert relative_error(g, w) < 2e-2
+
+
+def _symbolic_mlp():
+    model, xs = get("mlp", size="tiny", batch=2)
+    return capture(model, tuple(xs), {}, ({0: BATCH},)).gm, xs
+
+
+def test_a_static_only_pass_is_skipped_with_its_reason():
+    gm, xs = _symbolic_mlp()
+    ran = []
+    p = Pass("needs_static", lambda g, c: ran.append(1) or PassResult(),
+             static_only="tiles by the batch size")
+    (record,) = run_pipeline(gm, PassContext(options("fp32"), list(xs)), [p])
+    assert not ran and record.skipped == "needs static shapes: tiles by the batch size"
+    static = capture(*get("mlp", size="tiny", batch=2), {}).gm
+    run_pipeline(static, PassContext(options("fp32"), list(xs)), [p])
+    assert ran  # a static graph runs it
+
+
+def _bakes_the_batch(gm: fx.GraphModule, ctx) -> PassResult:
+    """A buggy pass: reshapes the input with its meta sizes, as if they were numbers."""
+    x = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    with gm.graph.inserting_after(x):
+        view = gm.graph.call_function(torch.ops.aten.reshape.default,
+                                      (x, list(x.meta["val"].shape)))
+    view.meta["val"] = x.meta["val"]
+    x.replace_all_uses_with(view, delete_user_cb=lambda u: u is not view)
+    return PassResult(1)
+
+
+def test_a_pass_that_writes_a_symbolic_size_into_the_graph_is_named():
+    gm, xs = _symbolic_mlp()
+    p = Pass("bakes", _bakes_the_batch, static_only=None)
+    with pytest.raises(FxcPassError, match=r"pass 'bakes': wrote the symbolic size s\d+ into"):
+        run_pipeline(gm, PassContext(options("fp32"), list(xs)), [p])
+
+
+def test_every_static_only_pass_says_why():
+    for p in PIPELINE:
+        assert p.static_only is None or len(p.static_only) > 10, p.name

@@ -1,0 +1,129 @@
+"""dynamic_shapes= (issue 13): one compile runs every shape in the declared ranges, on the torch
+runtime; a shape outside them (or of the wrong rank) is an FxcInputError naming the input, the
+axis and the range, before any kernel runs. FP32 results against eager, assert_close defaults."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.utils._pytree as pytree
+from torch.export import Dim
+
+import fxc
+from fxc.dynamic import DimRange
+
+
+class Mlp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+class Pair(nn.Module):
+    """Two inputs sharing a batch and a sequence axis; the sum needs them equal."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+
+    def forward(self, x, y):
+        return self.fc(x).softmax(1) + y
+
+
+def assert_matches_eager(model, got, xs):
+    with torch.no_grad():
+        want = model(*xs)
+    for g, w in zip(pytree.tree_leaves(got), pytree.tree_leaves(want)):
+        assert g.shape == w.shape
+        torch.testing.assert_close(g, w)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    model = Pair().eval()
+    b, s = Dim("batch", min=1, max=16), Dim("seq", min=2, max=40)
+    xs = (torch.randn(3, 5, 6), torch.randn(3, 5, 6))
+    return model, fxc.compile(model, xs, backend="torch", dynamic_shapes=({0: b, 1: s}, {0: b, 1: s}))
+
+
+def test_one_compile_runs_the_range_ends_and_sizes_between(pair):
+    model, compiled = pair
+    for n, t in [(1, 2), (16, 40), (7, 13), (3, 5)]:
+        xs = (torch.randn(n, t, 6), torch.randn(n, t, 6))
+        assert_matches_eager(model, compiled(*xs), xs)
+
+
+def test_input_specs_record_each_axis_range(pair):
+    _, compiled = pair
+    x_spec = compiled.checker.specs[0]
+    assert x_spec.dims[0] == DimRange(x_spec.dims[0].symbol, "batch", 1, 16)
+    assert (x_spec.dims[1].name, x_spec.dims[1].low, x_spec.dims[1].high) == ("seq", 2, 40)
+    assert x_spec.dims[2] is None  # the feature axis stays fixed
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((17, 5, 6), r"input 'x': axis 0 \(batch\) expected a size in 1..16, got 17"),
+    ((3, 41, 6), r"input 'x': axis 1 \(seq\) expected a size in 2..40, got 41"),
+    ((3, 5, 7), r"input 'x': axis 2 expected size 6, got 7 \(expected shape \(batch: 1..16, "
+                r"seq: 2..40, 6\)"),
+    ((3, 5), r"input 'x': expected rank 3 \(shape \(batch: 1..16, seq: 2..40, 6\)\), got rank 2"),
+])
+def test_shapes_outside_the_range_get_the_typed_error(pair, shape, message):
+    _, compiled = pair
+    with pytest.raises(fxc.FxcInputError, match=message):
+        compiled(torch.randn(*shape), torch.randn(3, 5, 6))
+
+
+def test_axes_of_one_dim_must_agree(pair):
+    _, compiled = pair
+    with pytest.raises(fxc.FxcInputError, match=r"input 'y': axis 1 \(seq\) must equal axis 1 "
+                                                r"of input 'x' \(size 9\), got 8"):
+        compiled(torch.randn(3, 9, 6), torch.randn(3, 8, 6))
+
+
+def test_dict_form_keyed_by_parameter_name_and_auto():
+    model = Pair().eval()
+    xs = (torch.randn(4, 5, 6), torch.randn(4, 5, 6))
+    compiled = fxc.compile(model, xs, backend="torch",
+                           dynamic_shapes={"x": {0: Dim.AUTO}, "y": {0: Dim.AUTO}})
+    ys = (torch.randn(9, 5, 6), torch.randn(9, 5, 6))
+    assert_matches_eager(model, compiled(*ys), ys)
+    with pytest.raises(fxc.FxcInputError, match=r"axis 1 expected size 5, got 6"):
+        compiled(torch.randn(4, 6, 6), torch.randn(4, 6, 6))
+
+
+def test_dynamic_shapes_of_the_wrong_structure_are_an_option_error():
+    with pytest.raises(fxc.FxcOptionError, match=r"2 entries for 1 inputs"):
+        fxc.compile(Mlp().eval(), (torch.randn(2, 8),), dynamic_shapes=({0: Dim("b")}, None))
+    with pytest.raises(fxc.FxcOptionError, match=r"\['z'\] name no parameter"):
+        fxc.compile(Mlp().eval(), (torch.randn(2, 8),), dynamic_shapes={"z": {0: Dim("b")}})
+
+
+def test_a_range_the_model_cannot_take_is_a_capture_error_with_exports_suggestion():
+    class NeedsEight(nn.Module):
+        def forward(self, x):
+            return x.reshape(x.shape[0], 2, 4)
+
+    with pytest.raises(fxc.FxcCaptureError, match=r"export suggests: .*b = 8"):
+        fxc.compile(NeedsEight(), (torch.randn(3, 8),), backend="torch",
+                    dynamic_shapes=({0: Dim("a", min=1, max=9), 1: Dim("b", min=2, max=9)},))
+
+
+def test_the_static_shape_error_says_how_to_compile_for_a_range():
+    compiled = fxc.compile(Mlp().eval(), (torch.randn(2, 8),), backend="torch")
+    with pytest.raises(fxc.FxcInputError, match=r"axis 0 expected size 2, got 3 .*"
+                                                r"dynamic_shapes=.*dynamic_batch=True"):
+        compiled(torch.randn(3, 8))
+
+
+def test_report_names_the_passes_symbolic_shapes_skip():
+    compiled = fxc.compile(Mlp().eval(), (torch.randn(2, 8),), backend="torch",
+                           dynamic_shapes=({0: Dim("batch", max=64)},))
+    skipped = {r.name: r.skipped for r in compiled.report_data.records}
+    assert skipped["fuse_linear"] is None  # checked on symbolic shapes: it runs
+    assert compiled(torch.randn(64, 8)).shape == (64, 4)
