@@ -4,7 +4,10 @@ Invariant: the graph computes what it did, in `options.dtype` where that is safe
 node whose value was float32 is either computed in half (`options.dtype`) or kept in fp32
 (with a reason, listed in the compile report); integer, bool and float64 values are computed
 by the same ops as before; with `keep_io_dtype` the inputs and outputs keep their dtypes;
-every node's meta["val"] is true; no cast this pass made is undone by the next one.
+every node's meta["val"] is true; no cast this pass made is undone by the next one; every
+view can view its input: where a value's new dtype gives it strides the recorded view cannot
+read (CUDA's SDPA kernels differ by dtype, and capture dropped the .contiguous() that was a
+no-op then), the view reads a contiguous copy (noops.repair_views; issue 16.9).
 
 Rules, in the order the pass applies them:
  1. Range. Calibration (fp16 only): run the fp32 graph on the example inputs and record each
@@ -75,6 +78,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from fxc import ir
 from fxc.errors import FxcOptionError
 
+from . import noops
 from .manager import PassContext, PassResult
 
 aten = torch.ops.aten
@@ -128,6 +132,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     rw = _Rewriter(gm, origin, cls, low, opts.keep_io_dtype, flagged)
     rw.rewrite(ctx)
     cancelled = drop_cancelling_casts(gm)
+    rw.views_repaired += noops.repair_views(gm)  # a dropped cast can hand a view other strides
     freed = rw.drop_replaced_constants()
     tanh = tanh_gelu_epilogues(gm, low) if opts.device.type == "cuda" and opts.gelu_epilogue \
         else 0
@@ -137,6 +142,11 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
          (lines or ["(none)"]) + _choice_lines(gm, low, half_norms, tanh)))
     result = _result(gm, opts.precision, low, rw, flagged, len(lines), cancelled, freed)
     result.stats["tanh_gelu_epilogues"] = tanh
+    result.stats["views_copied"] = len(rw.views_repaired)
+    if rw.views_repaired:
+        result.notes.append(f"{len(rw.views_repaired)} view(s) read a contiguous copy: their "
+                            f"input's {_short(low)} layout cannot be viewed so "
+                            f"({', '.join(rw.views_repaired[:5])})")
     return result
 
 
@@ -372,6 +382,7 @@ class _Rewriter:
         self.replaced: list[fx.Node] = []  # get_attr nodes that got a half twin
         self.casts = self.constants = self.changes = self.saturated = 0
         self.float_nodes = 0
+        self.views_repaired: list[str] = []  # views that now read a contiguous copy
         self.entry = next((n for n in gm.graph.nodes if n.op not in ("placeholder", "get_attr")))
         self.mode = FakeTensorMode(allow_non_fake_inputs=True)
 
@@ -436,6 +447,12 @@ class _Rewriter:
             return v
 
         args, kwargs = fx.node.map_arg((n.args, n.kwargs), fake)
+        if n.target in noops.VIEW_OPS and not noops.viewable(args[0], args[1]):
+            # The input's new dtype gave it other strides (CUDA's SDPA kernels differ by
+            # dtype) and the view the capture recorded is impossible now: read a copy.
+            noops.read_contiguous(self.graph, n)
+            self.views_repaired.append(n.name)
+            args = (fake(n.args[0]),) + tuple(args[1:])
         with self.mode:
             n.meta["val"] = n.target(*args, **kwargs)
 
