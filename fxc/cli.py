@@ -1,5 +1,9 @@
-"""The `fxc` command line: demo (compile the zoo, show the gain), compile (print a report) and
-dump (every stage, model.onnx and an HTML report of the compile)."""
+"""The `fxc` command line: demo (compile the zoo, show the gain), compile (print a report),
+dump (every stage, model.onnx and an HTML report of the compile) and bench.
+
+Imports are lazy: torch and the compiler load inside the commands, so `fxc --help` and a
+wrong option answer without them (this module imports only argparse and fxc.errors).
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,19 +12,45 @@ import sys
 import textwrap
 import time
 
-import torch
-
-from . import timing
 from .errors import FxcError, FxcOptionError
 
+# One size rule for every command (demo, compile, dump, bench): a GPU gets the published
+# sizes, where compilation pays; a CPU gets tiny ones, which compile in seconds.
+SIZE_RULE = "default: base on a GPU, tiny on a CPU"
 
-def best_device() -> torch.device:
+
+def best_device():
+    import torch
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def _row(name: str, size: str, batch: int, device: torch.device, precision: str, backend: str,
+def device_of(args):
+    import torch
+    return torch.device(args.device) if args.device else best_device()
+
+
+def default_size(args, device) -> str:
+    """--size, or the one rule every command shares: base on a GPU, tiny on a CPU."""
+    return args.size or ("base" if device.type == "cuda" else "tiny")
+
+
+def check_model_name(name: str) -> str:
+    """`name` if it is a zoo or garden model, else an FxcOptionError listing the choices."""
+    from fxc.models import REGISTRY
+    if name in REGISTRY:
+        return name
+    from fxc.models.garden import GARDEN
+    if name in GARDEN:
+        return name
+    raise FxcOptionError(f"unknown model {name!r}; choose one of: {', '.join(REGISTRY)}; "
+                         f"or from the garden: {', '.join(GARDEN)}")
+
+
+def _row(name: str, size: str, batch: int, device, precision: str, backend: str,
          iters: int, rounds: int) -> dict:
-    from fxc import compile as fxc_compile
+    import torch
+
+    from fxc import compile as fxc_compile, timing
     from fxc.models import get
 
     model, inputs = get(name, size=size, batch=batch)
@@ -55,6 +85,7 @@ def _row(name: str, size: str, batch: int, device: torch.device, precision: str,
 def _interleaved(runners: dict, sets, device, iters: int, rounds: int) -> dict:
     """Median ms per runner over `rounds` rounds, runners alternating order each round, each
     warmed up first: load that drifts during the demo falls on all of them alike."""
+    from fxc import timing
     per = {k: [] for k in runners}
     names = list(runners)
     for r in range(rounds):
@@ -66,11 +97,13 @@ def _interleaved(runners: dict, sets, device, iters: int, rounds: int) -> dict:
 
 
 def cmd_demo(args) -> int:
+    import torch
+
     from fxc.models import names
 
-    device = torch.device(args.device) if args.device else best_device()
-    size = args.size or ("base" if device.type == "cuda" else "tiny")
-    models = args.models.split(",") if args.models else names()
+    device = device_of(args)
+    size = default_size(args, device)
+    models = [check_model_name(m) for m in args.models.split(",")] if args.models else names()
     threads = torch.get_num_threads()
     print(f"fxc demo: {len(models)} models, size={size}, batch={args.batch}, "
           f"device={_device_name(device)}, precision={args.precision}"
@@ -110,15 +143,25 @@ def cmd_demo(args) -> int:
 
 def cmd_compile(args) -> int:
     from fxc import compile as fxc_compile
-    from fxc.models import get
 
-    device = torch.device(args.device) if args.device else best_device()
-    model, inputs = get(args.model, size=args.size, batch=args.batch)
+    device = device_of(args)
+    model, inputs = model_and_inputs(args, "compile", device)
     compiled = fxc_compile(model.to(device), tuple(x.to(device) for x in inputs),
                            precision=args.precision, backend=args.backend, verify=args.verify,
                            dump_dir=args.dump_dir)
     print(compiled.report())
     return 0
+
+
+def model_and_inputs(args, cmd: str, device):
+    """--model NAME (zoo or garden) or --module SPEC with its inputs: exactly one of them."""
+    if bool(args.model) == bool(args.module):
+        raise FxcOptionError(f"fxc {cmd}: give either --model NAME (a zoo model) "
+                             "or --module path.py:ATTR / package.module:ATTR (your own)")
+    if args.module:
+        return load_module(args.module, args.input_shapes)
+    from fxc.models import get
+    return get(check_model_name(args.model), size=default_size(args, device), batch=args.batch)
 
 
 def cmd_dump(args) -> int:
@@ -128,15 +171,8 @@ def cmd_dump(args) -> int:
 
     from fxc import compile as fxc_compile
 
-    if bool(args.model) == bool(args.module):
-        raise FxcOptionError("fxc dump: give either --model NAME (a zoo model) "
-                             "or --module path.py:attr")
-    device = torch.device(args.device) if args.device else best_device()
-    if args.module:
-        model, inputs = load_module(args.module, args.input_shapes)
-    else:
-        from fxc.models import get
-        model, inputs = get(args.model, size=args.size, batch=args.batch)
+    device = device_of(args)
+    model, inputs = model_and_inputs(args, "dump", device)
     compiled = fxc_compile(model.to(device), tuple(x.to(device) for x in inputs),
                            precision=args.precision, backend=args.backend, verify=args.verify,
                            dump_dir=args.out)
@@ -156,23 +192,26 @@ def cmd_dump(args) -> int:
     return 0
 
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-          "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp64": torch.float64,
-          "float64": torch.float64, "int64": torch.int64, "long": torch.int64,
-          "int32": torch.int32, "int": torch.int32, "int8": torch.int8, "uint8": torch.uint8,
-          "bool": torch.bool}
+# --input-shapes dtype names -> torch dtype attribute names (resolved when used: lazy torch).
+DTYPES = {"fp32": "float32", "float32": "float32", "float": "float32",
+          "fp16": "float16", "float16": "float16", "half": "float16",
+          "bf16": "bfloat16", "bfloat16": "bfloat16", "fp64": "float64",
+          "float64": "float64", "int64": "int64", "long": "int64",
+          "int32": "int32", "int": "int32", "int8": "int8", "uint8": "uint8",
+          "bool": "bool"}
 
 
-def parse_input_shapes(text: str) -> tuple[torch.Tensor, ...]:
+def parse_input_shapes(text: str) -> tuple:
     """'1x3x224x224,1x128:int64' -> example tensors: floats from randn; integers 0 or 1 (valid
     token ids and masks for any vocabulary); bools at random. A bare ':dtype' is a 0-d tensor."""
+    import torch
     out = []
     for spec in (s.strip() for s in text.split(",")):
         if not spec:
             continue
         dims, _, dtype_name = spec.partition(":")
         dtype = DTYPES.get(dtype_name.strip().lower() or "fp32")
+        dtype = getattr(torch, dtype) if dtype else None
         try:
             shape = [int(d) for d in dims.lower().split("x")] if dims.strip() else []
         except ValueError:
@@ -191,23 +230,17 @@ def parse_input_shapes(text: str) -> tuple[torch.Tensor, ...]:
 
 
 def load_module(spec: str, input_shapes: str | None):
-    """'path.py:attr' -> (model in eval mode, example inputs). `attr` (dotted names allowed)
-    is an nn.Module, an nn.Module class or a function that returns one (called without
-    arguments). Inputs come from --input-shapes, else the file's `example_inputs` (a tuple,
-    or a function returning one)."""
-    import importlib.util
-    import os
+    """'path.py:attr' or 'package.module:attr' -> (model in eval mode, example inputs).
+    `attr` (dotted names allowed) is an nn.Module, an nn.Module class or a function that
+    returns one (called without arguments). Inputs come from --input-shapes, else the
+    module's `example_inputs` (a tuple, or a function returning one)."""
+    import torch
 
     path, sep, attr = spec.rpartition(":")
-    if not sep or not path.endswith(".py") or not attr:
-        raise FxcOptionError(f"--module {spec!r}: expected path/to/file.py:attr")
-    if not os.path.isfile(path):
-        raise FxcOptionError(f"--module: no such file {path!r}")
-    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))  # the file's own imports
-    name = "_fxc_user_" + os.path.splitext(os.path.basename(path))[0]
-    mod_spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
+    if not sep or not path or not attr:
+        raise FxcOptionError(f"--module {spec!r}: expected path/to/file.py:ATTR or "
+                             f"package.module:ATTR")
+    module = _import_file(path) if path.endswith(".py") else _import_dotted(path)
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -224,8 +257,36 @@ def load_module(spec: str, input_shapes: str | None):
         inputs = tuple(ex() if callable(ex) else ex)
     else:
         raise FxcOptionError("--module needs --input-shapes (e.g. 1x3x224x224,1x128:int64) "
-                             "or an `example_inputs` in the file")
+                             "or an `example_inputs` in the module")
     return model.eval(), inputs
+
+
+def _import_file(path: str):
+    import importlib.util
+    import os
+
+    if not os.path.isfile(path):
+        raise FxcOptionError(f"--module: no such file {path!r}")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))  # the file's own imports
+    name = "_fxc_user_" + os.path.splitext(os.path.basename(path))[0]
+    mod_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    return module
+
+
+def _import_dotted(name: str):
+    """An importable module (the current directory counts, as for `python -m`)."""
+    import importlib
+    import os
+
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        raise FxcOptionError(f"--module: cannot import {name!r} ({e}); give a module on the "
+                             f"Python path or a file path/to/file.py") from None
 
 
 def bench_jobs(spec: str, default_batches: str) -> list[tuple[str, int]]:
@@ -255,7 +316,7 @@ def bench_jobs(spec: str, default_batches: str) -> list[tuple[str, int]]:
     return jobs
 
 
-def results_tag(device: torch.device, precision: str, jobs: list[tuple[str, int]]) -> str:
+def results_tag(device, precision: str, jobs: list[tuple[str, int]]) -> str:
     """Default results file name: cuda_fp16_resnet50-hf_bert-base (':' and '/' made '_')."""
     import re
     models = "-".join(dict.fromkeys(m for m, _ in jobs))
@@ -272,12 +333,17 @@ def progress_line(done: int, total: int, what: str, elapsed_s: float, width: int
 
 
 def cmd_bench(args) -> int:
+    import torch
+
     from . import bench
 
-    device = torch.device(args.device) if args.device else best_device()
+    device = device_of(args)
+    args.size = default_size(args, device)
     backends = args.backends.split(",") if args.backends else bench.available_backends(
         device, args.precision)
     jobs = bench_jobs(args.model, args.batch)
+    for m, _ in jobs:
+        check_model_name(m)
     rows, ablations = [], {}
     tag = args.tag or results_tag(device, args.precision, jobs)
     print(f"fxc bench on {_device_name(device)}, precision={args.precision}, "
@@ -324,65 +390,90 @@ def _extra(args, ablations: dict) -> dict:
     return {"size": args.size, "ablation": ablations, "inductor_cache": how}
 
 
-def _device_name(device: torch.device) -> str:
+def _device_name(device) -> str:
+    import torch
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return "cpu"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", default="tiny", choices=["tiny", "base"])
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: the best available)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--backend", default="auto")
+    p.add_argument("--size", default=None, choices=["tiny", "base"],
+                   help=f"model size: tiny (seconds to compile, CI-sized) or base (published); "
+                        f"{SIZE_RULE}")
+    p.add_argument("--batch", type=int, default=1, help="leading dim of the example inputs "
+                                                        "(default: 1)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                   help="compute precision; fp16/bf16 keep sensitive ops in fp32 (default: fp32)")
+    p.add_argument("--backend", default="auto",
+                   choices=["auto", "torch", "onnxruntime", "tensorrt"],
+                   help="engine; auto tries onnxruntime then torch on a CPU, tensorrt then "
+                        "torch on a GPU, each where it can take the graph (default: auto)")
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, metavar="NAME",
+                   help="a zoo model (mlp, resnet18, bert, gpt2, ...) or a garden model "
+                        "(tv:swin_t, hf:bert-base, ...)")
+    p.add_argument("--module", default=None, metavar="PATH.py:ATTR | PKG.MOD:ATTR",
+                   help="your own model instead: an nn.Module, a Module class or a factory "
+                        "returning one, in a file or an importable module")
+    p.add_argument("--input-shapes", default=None, metavar="SHAPES",
+                   help="example inputs of --module, e.g. 1x3x224x224,1x128:int64 (dtype "
+                        "default fp32; default: the module's example_inputs)")
+    p.add_argument("--verify", action="store_true",
+                   help="check numerics and metadata after every pass; name the first to break")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fxc", description=__doc__)
+    parser = argparse.ArgumentParser(prog="fxc", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     demo = sub.add_parser("demo", help="compile the model zoo and show the gain over eager")
     _common(demo)
-    demo.add_argument("--models", default=None, help="comma-separated zoo names (default: all)")
-    demo.add_argument("--iters", type=int, default=60, help="timed calls per runner in all")
-    demo.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
-    demo.set_defaults(fn=cmd_demo, size=None)  # base size on a GPU, tiny on a CPU
-    comp = sub.add_parser("compile", help="compile one zoo model and print the compile report")
+    demo.add_argument("--models", default=None, metavar="NAMES",
+                      help="comma-separated model names (default: the 7 core zoo models)")
+    demo.add_argument("--iters", type=int, default=60,
+                      help="timed calls per runner, over all rounds (default: 60)")
+    demo.add_argument("--rounds", type=int, default=5,
+                      help="interleaved timing rounds, runner order alternating (default: 5)")
+    demo.set_defaults(fn=cmd_demo)
+    comp = sub.add_parser("compile", help="compile one model and print the compile report")
     _common(comp)
-    comp.add_argument("--model", required=True)
-    comp.add_argument("--verify", action="store_true")
-    comp.add_argument("--dump-dir", default=None)
+    _model_options(comp)
+    comp.add_argument("--dump-dir", default=None, metavar="DIR",
+                      help="also write every stage's graph and model.onnx here")
     comp.set_defaults(fn=cmd_compile)
     dump = sub.add_parser("dump", help="compile one model and write every stage, model.onnx and "
                                        "an HTML report (report.html) to --out")
     _common(dump)
-    dump.add_argument("--model", default=None, help="a zoo model name (fxc.models.names())")
-    dump.add_argument("--module", default=None, metavar="PATH.py:ATTR",
-                      help="your own model: an nn.Module, a Module class or a factory in a file")
-    dump.add_argument("--input-shapes", default=None, metavar="SHAPES",
-                      help="example inputs of --module: 1x3x224x224,1x128:int64 "
-                           "(default dtype fp32)")
-    dump.add_argument("--out", required=True, help="the dump directory")
-    dump.add_argument("--verify", action="store_true")
+    _model_options(dump)
+    dump.add_argument("--out", required=True, metavar="DIR", help="the dump directory")
     dump.add_argument("--screenshot", default=None, metavar="PNG",
                       help="also save a screenshot of the report (needs Chromium)")
     dump.add_argument("--print-report", action="store_true", help="print the compile report too")
     dump.set_defaults(fn=cmd_dump)
     b = sub.add_parser("bench", help="benchmark fxc against eager and the peers")
-    b.add_argument("--model", required=True,
+    b.add_argument("--model", required=True, metavar="NAMES",
                    help="zoo names (resnet50) or garden names (tv:swin_t, hf:bert-base), "
                         "comma-separated; NAME@1+32 gives a model its own batches")
-    b.add_argument("--size", default="base", choices=["tiny", "base"])
-    b.add_argument("--batch", default="1", help="comma-separated batch sizes")
-    b.add_argument("--device", default=None)
-    b.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    b.add_argument("--backends", default=None, help="fxc backends (default: all available)")
-    b.add_argument("--iters", type=int, default=100)
+    b.add_argument("--size", default=None, choices=["tiny", "base"],
+                   help=f"model size; {SIZE_RULE} (tiny models time PyTorch's per-op "
+                        f"dispatch more than the compiler: see fxc demo)")
+    b.add_argument("--batch", default="1", metavar="B1,B2",
+                   help="comma-separated batch sizes (default: 1)")
+    b.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    b.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                   help="compute precision (default: fp32)")
+    b.add_argument("--backends", default=None, metavar="NAMES",
+                   help="fxc backends, comma-separated (default: all available)")
+    b.add_argument("--iters", type=int, default=100, help="timed calls per runner (default: 100)")
     b.add_argument("--rounds", type=int, default=5,
-                   help="CPU: interleaved timing rounds the iters are split over")
+                   help="CPU: interleaved timing rounds the iters are split over (default: 5)")
     b.add_argument("--torch-compile", action="store_true", help="also time torch.compile")
-    b.add_argument("--tc-modes", default="default,reduce-overhead",
-                   help="torch.compile modes to time (GPU), comma-separated")
+    b.add_argument("--tc-modes", default="default,reduce-overhead", metavar="MODES",
+                   help="torch.compile modes to time (GPU), comma-separated "
+                        "(default: default,reduce-overhead)")
     b.add_argument("--ablate", nargs="?", const="each", default=None, metavar="SETS",
                    help="compile again without passes: 'each' (default: every pass in turn) or "
                         "comma-separated sets, '+' joining passes of one set; 'fusion' names "
@@ -392,8 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "becomes an error row instead of ending the run")
     b.add_argument("--no-kernels", dest="kernels", action="store_false",
                    help="GPU: do not count kernels per call (torch.profiler, after the timing)")
-    b.add_argument("--tag", default=None, help="results file name (default from the models)")
-    b.add_argument("--out", default=None, help="write JSON and PNG plots here")
+    b.add_argument("--tag", default=None, help="results file name (default: from the models)")
+    b.add_argument("--out", default=None, metavar="DIR", help="write JSON and PNG plots here")
     b.set_defaults(fn=cmd_bench)
     return parser
 

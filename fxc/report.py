@@ -1,7 +1,9 @@
 """The compile report: what each stage did, as a text table (and data for the dumps).
 
 Two sections say what is left after the passes (`coverage`): the rewrites that fired, pass by
-pass (from the pass records), and the ops of the final graph grouped by kind with counts:
+pass (from the pass records), and the ops of the final graph, first as the one sum every
+count of the report and of `fxc demo` agrees with (nodes = kernels + views; issue 16.8: they
+used to disagree), then grouped by kind with counts:
 fxc's fused ops, the library kernels the pattern passes aim for (GEMMs, convolutions, SDPA,
 norms, softmax), and every other ATen op, each a kernel of its own at run time, the part a
 generated kernel could still take. Views (view, permute, expand, slice, split, getitem ...)
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from fxc import ir
 from fxc.passes import PassRecord
 
 aten = torch.ops.aten
@@ -125,7 +128,7 @@ def coverage(gm: fx.GraphModule, records: list[PassRecord]) -> list[tuple[str, l
     groups = op_census(gm)
     labels = {"fxc": "fxc fused ops", "library": "library kernels (GEMM, conv, SDPA, norms)",
               "aten": "other ATen ops, one kernel each", "other": "other callables"}
-    left = []
+    left = [node_summary(gm, groups)]
     for key, label in labels.items():
         c = groups[key]
         if c:
@@ -135,6 +138,17 @@ def coverage(gm: fx.GraphModule, records: list[PassRecord]) -> list[tuple[str, l
     left.append(f"views and projections (no kernel, not listed): {sum(views.values())}")
     return [("rewrites that fired", fired or ["(none)"]),
             ("ops left after the passes", left)]
+
+
+def node_summary(gm: fx.GraphModule, groups: dict[str, collections.Counter]) -> str:
+    """How the 'nodes' column (and fxc demo's 'after', the same ir.count_compute) splits into
+    kernels and views: the three numbers a reader meets must add up, getitem aside."""
+    kernels = sum(sum(groups[k].values()) for k in ("fxc", "library", "aten", "other"))
+    projections = sum(1 for n in ir.call_nodes(gm) if n.target is operator.getitem)
+    views = sum(groups["views"].values()) - projections
+    return (f"{ir.count_compute(gm)} nodes after the passes (the last 'nodes' above; fxc demo's "
+            f"'after') = {kernels} kernels + {views} views; {projections} getitem "
+            f"projection(s) are not counted as nodes")
 
 
 def _ordered(c: collections.Counter) -> list[tuple[str, int]]:

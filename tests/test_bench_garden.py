@@ -41,6 +41,8 @@ def stub_garden(monkeypatch):
         model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
         return model.eval(), (torch.randn(batch, 8, generator=g),)
     monkeypatch.setattr(fxc.models, "get", get)
+    from fxc.models import garden
+    monkeypatch.setitem(garden.GARDEN, "stub:mlp", None)  # a known name to the CLI's check
     return builds
 
 

@@ -213,4 +213,5 @@ def test_op_census_counts_kernels_not_views():
     assert sum(groups["views"].values()) == 4
     assert not is_view(r) and is_view(p)
     title, lines = coverage(gm, [])[1]
-    assert lines[-1].endswith(": 4") and "aten.add.Tensor x1" in lines[3]
+    assert lines[-1].endswith(": 4") and "aten.add.Tensor x1" in lines[4]
+    assert lines[0].startswith("7 nodes after the passes") and "4 kernels + 3 views; 1 getitem" in lines[0]
