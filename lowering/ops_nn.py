@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import math
 
-import onnx
 import torch
-from onnx import helper
 
-from .builder import Builder, dtype_of, norm_dim, onnx_dtype, out_meta, rank_of, shape_of
+from .builder import Builder, dtype_of, norm_dim, out_meta, rank_of, shape_of
+from .ops_reduce import nan_gated
 from .registry import Refuse, converter
 
 aten = torch.ops.aten
@@ -313,36 +312,21 @@ def _nan_windows(b: Builder, x: str, y: str, dt, attrs) -> str:
     correction run always cost 5-10x the pool; gated it costs 1.55-1.6x the pool alone
     (+0.15 ms; a ResNet has one such pool) (tests/test_special_values.py::
     test_max_pool_nan_gate_cost)."""
-    # Constants as nodes of the main graph: a branch sees outer node outputs, and onnx's
-    # checker does not let it see initializers.
-    nan, neg_inf, zero, one, two, lowest_value = (
-        b.op("Identity", [b.scalar(v, dt)])
-        for v in (float("nan"), float("-inf"), 0, 1, 2, torch.finfo(dt).min))
+    neg_inf = b.scalar(float("-inf"), dt)
 
     def fix():
+        zero, one, two = (b.scalar(v, dt) for v in (0, 1, 2))
         codes = b.op("Where", [b.op("IsNaN", [x]), two,
                                b.op("Where", [b.op("Equal", [x, neg_inf]), one, zero])])
         pooled = b.op("MaxPool", [codes], **attrs)
-        y1 = b.op("Where", [b.op("Equal", [pooled, two]), nan, y])
-        lowest = b.op("Equal", [y, lowest_value])
+        y1 = b.op("Where", [b.op("Equal", [pooled, two]), b.scalar(float("nan"), dt), y])
+        lowest = b.op("Equal", [y, b.scalar(torch.finfo(dt).min, dt)])
         all_neg_inf = b.op("And", [b.op("Equal", [pooled, one]), lowest])
         return b.op("Where", [all_neg_inf, neg_inf, y1])
 
     total = b.reduce("ReduceSum", x, None, False)
     gate = b.op("Not", [b.op("Greater", [total, neg_inf])])  # NaN or -inf
-    return b.op("If", [gate], then_branch=_branch(b, "nan_windows", fix, dt),
-                else_branch=_branch(b, "no_nan", lambda: b.op("Identity", [y]), dt))
-
-
-def _branch(b: Builder, name: str, build, dt) -> onnx.GraphProto:
-    """The nodes `build()` appends to `b`, moved into an If branch whose one output is the
-    value `build` returns. Names stay unique: the builder's counter names them."""
-    start = len(b.nodes)
-    out = build()
-    nodes = b.nodes[start:]
-    del b.nodes[start:]
-    return helper.make_graph(nodes, f"{b.node.name}/{name}", [],
-                             [helper.make_tensor_value_info(out, onnx_dtype(dt), None)])
+    return nan_gated(b, x, fix, y, dt, "nan_windows", gate=gate)
 
 
 def _onnx_pool_shape(spatial, kernel, stride, padding, dilation) -> list[int]:

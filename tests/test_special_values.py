@@ -169,6 +169,9 @@ EXTRA = [
     Case(aten.argmax.default, (t([[1.0, NAN, NAN], [2.0, INF, 0.0]]), 1), label="nan"),
     Case(aten.argmin.default, (t([1.0, NAN, -INF]),), label="nan_flat"),
     Case(aten.max.dim, (t([[1.0, NAN, 5.0], [INF, 2.0, NAN]]), 1), label="nan"),
+    Case(aten.max.dim, (t([[-INF, -INF], [INF, INF]]), 1), label="infs_no_nan"),
+    Case(aten.amin.default, (t([[-INF, -INF], [INF, INF]]), [1]), label="infs_no_nan"),
+    Case(aten.max.default, (t([[-INF, -INF], [-INF, -INF]]),), label="all_-inf"),
     Case(aten.max_pool2d.default, (t([[[[NAN, 1.0, 2.0], [3.0, 4.0, 5.0], [6.0, 7.0, NAN]]]]),
                                    [2, 2], [1, 1], [1, 1], [1, 1], True), label="nan_edges"),
     Case(aten.max_pool2d.default, (t([[[[-INF, -INF, 1.0], [-INF, -INF, 2.0]]]]), [2, 2], [2, 2],
@@ -220,6 +223,19 @@ def test_max_pool_nan_gate_is_one_reduction():
     branch = next(n for n in graph.node if n.op_type == "If")
     then = next(a.g for a in branch.attribute if a.name == "then_branch")
     assert [n.op_type for n in then.node].count("MaxPool") == 1
+
+
+@pytest.mark.parametrize("op, args", [(aten.amax.default, ([1],)), (aten.argmax.default, (1,))])
+def test_reduction_nan_correction_runs_behind_a_gate(op, args):
+    """The NaN correction of a max reduction sits in an If's then-branch; the main path adds
+    one ReduceSum (gated: 1.8-2.4x a ReduceMax on this CPU, against 7-31x ungated)."""
+    gm, _ = one_op_graph(Case(op, (torch.randn(4, 6), *args)))
+    graph = to_onnx(gm).model.graph
+    assert [n.op_type for n in graph.node].count("If") == 1
+    branch = next(n for n in graph.node if n.op_type == "If")
+    then = next(a.g for a in branch.attribute if a.name == "then_branch")
+    assert "IsNaN" in {n.op_type for n in then.node}
+    assert "IsNaN" in {n.op_type for n in graph.node}  # the gate: IsNaN(ReduceSum(x))
 
 
 def _median_ms(engine, inputs, rounds):
