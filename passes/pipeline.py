@@ -16,7 +16,7 @@ from . import dce
 from . import cse, fold_constants, noops
 from . import flatten_linear, fuse_bn, fuse_conv, fuse_linear
 from . import fuse_attention, merge_parallel_linear, recognize_norm_act
-from . import align_gemm, cast_precision, fuse_add_norm, fuse_regions, layout
+from . import align_gemm, bool_mask, cast_precision, fuse_add_norm, fuse_regions, layout
 from .manager import Pass
 
 PIPELINE: list[Pass] = [
@@ -33,6 +33,8 @@ PIPELINE: list[Pass] = [
     Pass("flatten_linear", flatten_linear.run, numerics="reassoc", static_only=None),  # N-D linear -> 2-D GEMM: bias in the epilogue when planned
     Pass("cast_precision", cast_precision.run, numerics="lowp",  # fp16/bf16 compute, sensitive ops in fp32
          when=lambda o: o.precision != "fp32", static_only=None),
+    Pass("bool_mask", bool_mask.run, numerics="exact",  # a run-time bool attention mask -> float once, not per SDPA call
+         static_only=None),
     Pass("align_gemm", align_gemm.run, numerics="lowp",  # pad half GEMMs' N to x8 for tensor cores (gpt2's LM head)
          when=lambda o: o.device.type == "cuda" and o.precision != "fp32", static_only=None),
     Pass("fuse_add_norm", fuse_add_norm.run, numerics="lowp",  # residual add + layer norm -> one kernel (CUDA, torch runtime)
