@@ -131,7 +131,9 @@ def _restored_on_failure(model, args, kwargs):
     except BaseException:
         with torch.no_grad():
             for t, before in saved:
-                with torch.inference_mode(t.is_inference()):  # an inference tensor's own mode
+                # an inference tensor's own mode; no_grad inside it (leaving inference mode
+                # turns grad mode back on, and a parameter dynamo passes in requires grad)
+                with torch.inference_mode(t.is_inference()), torch.no_grad():
                     t.copy_(before)
         raise
 

@@ -165,11 +165,11 @@ def _range(size: torch.SymInt, ranges: dict, name: str | None) -> DimRange:
     from torch.utils._sympy.value_ranges import bound_sympy
     expr = size.node.expr
     vr = ranges.get(expr) if expr in ranges else bound_sympy(expr, ranges)
-    low, high = _as_int(vr.lower), _as_int(vr.upper)
+    low, high = range_end(vr.lower), range_end(vr.upper)
     return DimRange(str(expr), name or str(expr), low if low is not None else 0, high)
 
 
-def _as_int(bound) -> int | None:
+def range_end(bound) -> int | None:
     """A range end as an int; None for an unbounded end (export's int_oo)."""
     if getattr(bound, "is_finite", True) is False or getattr(bound, "is_integer", True) is False:
         return None
