@@ -108,8 +108,30 @@ class Builder:
         return name
 
     def ints(self, values: Sequence[int]) -> str:
-        """A 1-D int64 constant: shapes, axes, pads, starts/ends."""
+        """A 1-D int64 constant: shapes, axes, pads, starts/ends. A symbolic size is refused
+        (SymbolicShape): written here it would be fixed at its compile-time value."""
+        for v in values:
+            if isinstance(v, torch.SymInt):
+                raise SymbolicShape(v)
         return self.const(torch.tensor([int(v) for v in values], dtype=torch.int64))
+
+    def sizes(self, values: Sequence[Any]) -> str:
+        """A 1-D int64 value of sizes that may be computed in the graph: ints, and fx nodes of
+        SymInt values (their ONNX values are 0-d int64, see ops_shape.sym_size)."""
+        if not any(isinstance(v, fx.Node) for v in values):
+            return self.ints(values)
+        parts, run = [], []
+        for v in values:
+            if isinstance(v, fx.Node):
+                if run:
+                    parts.append(self.ints(run))
+                    run = []
+                parts.append(self.op("Unsqueeze", [self.value(v), self.ints([0])]))
+            else:
+                run.append(v)
+        if run:
+            parts.append(self.ints(run))
+        return self.op("Concat", parts, axis=0)
 
     def scalar(self, value: Any, dtype: torch.dtype) -> str:
         """A 0-d constant of `dtype` (a Python scalar cast as torch casts it in an op)."""
@@ -162,13 +184,54 @@ def dtype_of(arg: Any) -> torch.dtype:
     return torch.tensor(arg).dtype
 
 
-def shape_of(arg: Any) -> tuple[int, ...]:
+class SymbolicShape(Exception):
+    """A converter read a symbolic size as a number: it needs static shapes here (the
+    lowering reports the node as unsupported instead of fixing the size silently)."""
+
+    def __init__(self, size):
+        super().__init__(f"needs static shapes (symbolic size {size})")
+
+
+class SymbolicSize:
+    """A symbolic size in `shape_of`'s tuple: any use of it as a number (int(), indexing,
+    arithmetic, comparison) raises SymbolicShape. A converter that reads only the static
+    sizes (an attention's head dim, say) lowers; one that reads this one is refused."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size):
+        self.size = size
+
+    def _refuse(self, *args):
+        raise SymbolicShape(self.size)
+
+    __int__ = __index__ = __float__ = __bool__ = __hash__ = _refuse
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = _refuse
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _refuse
+    __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = __truediv__ = __rtruediv__ = _refuse
+    __neg__ = _refuse
+
+    def __repr__(self) -> str:
+        return f"SymbolicSize({self.size})"
+
+
+def shape_of(arg: Any) -> tuple:
+    """The shape of an fx node's tensor: static sizes as ints, symbolic ones as SymbolicSize
+    (whose use as a number refuses the converter instead of fixing the size silently)."""
     v = meta(arg)
-    return tuple(int(d) for d in v.shape) if isinstance(v, torch.Tensor) else ()
+    if not isinstance(v, torch.Tensor):
+        return ()
+    return tuple(d if isinstance(d, int) else SymbolicSize(d) for d in v.shape)
+
+
+def is_static(arg: Any) -> bool:
+    v = meta(arg)
+    return not isinstance(v, torch.Tensor) or all(isinstance(d, int) for d in v.shape)
 
 
 def rank_of(arg: Any) -> int:
-    return len(shape_of(arg))
+    v = meta(arg)
+    return v.dim() if isinstance(v, torch.Tensor) else 0
 
 
 def out_meta(node: fx.Node) -> torch.Tensor:

@@ -27,7 +27,8 @@ from fxc import ir
 from fxc.errors import FxcOptionError, FxcUnsupportedOpError
 
 from . import batch as batch_rules
-from .builder import TORCH_TO_ONNX, Builder, onnx_dtype, to_tensor_proto
+from .builder import TORCH_TO_ONNX, Builder, SymbolicShape, onnx_dtype, to_tensor_proto
+from .ops_shape import SIZE_OPS
 from .registry import Refuse, lookup, supported_targets
 
 DEFAULT_OPSET = 17      # the first opset with LayerNormalization; TensorRT 10 parses 9..24
@@ -121,7 +122,8 @@ def to_onnx(gm: fx.GraphModule, *, opset: int = DEFAULT_OPSET, dynamic_batch: bo
     if check:
         _check_or_refuse(model, backend)
     first = next((n for n in gm.graph.nodes if n.op == "placeholder"), None)
-    captured = int(first.meta["val"].shape[0]) if first is not None and first.meta["val"].dim() else None
+    size0 = first.meta["val"].shape[0] if first is not None and first.meta["val"].dim() else None
+    captured = size0 if isinstance(size0, int) else None
     return LoweredOnnx(model, [i.name for i in inputs], names, slots, batch_outs, dynamic_batch,
                        opset, captured)
 
@@ -143,12 +145,14 @@ def _convert(b: Builder, node: fx.Node) -> str | None:
             return f"output {i} of %{src.name} is not lowered"
         b.env[node] = vals[i]
         return None
-    fn = lookup(node.target)
+    fn = SIZE_OPS.get(node.target) or lookup(node.target)
     if fn is None:
         return "no converter"
     b.begin(node)
     try:
         result = fn(b, node)
+    except SymbolicShape as e:  # reads a symbolic size as a number: refused, not fixed
+        return str(e)
     except Exception as e:  # a converter bug: report it at compile time, with the node
         return f"converter failed: {type(e).__name__}: {e}"
     if isinstance(result, Refuse):
@@ -163,10 +167,16 @@ def _input(b: Builder, node: fx.Node, dynamic_batch: bool) -> onnx.ValueInfoProt
         raise FxcUnsupportedOpError("onnx", [(f"non-tensor input {type(val).__name__}",
                                               node.name, None)], 0)
     b.env[node] = node.name
-    shape: list[Any] = list(val.shape)
+    shape: list[Any] = onnx_dims(val)
     if dynamic_batch and shape:
         shape[0] = "batch"
     return helper.make_tensor_value_info(node.name, onnx_dtype(val.dtype), shape)
+
+
+def onnx_dims(val: torch.Tensor) -> list[Any]:
+    """A tensor's shape for a value info: static sizes as numbers, a symbolic one as its
+    expression (`s33`, `2*s33`), which runtime/ort_engine.py evaluates per call."""
+    return [d if isinstance(d, int) else str(d.node.expr).replace(" ", "") for d in val.shape]
 
 
 def _get_attr(b: Builder, node: fx.Node, gm: fx.GraphModule, seen: dict) -> None:
@@ -205,7 +215,7 @@ def _outputs(b: Builder, out_node: fx.Node, inputs, dynamic_batch: bool):
                                             name=f"{out_name}/identity"))
         val = arg.meta["val"]
         is_batch = bool(dynamic_batch and b.batch.get(arg) and val.dim())
-        shape: list[Any] = list(val.shape)
+        shape: list[Any] = onnx_dims(val)
         if is_batch:
             shape[0] = "batch"
         graph_outputs.append(helper.make_tensor_value_info(out_name, onnx_dtype(val.dtype), shape))

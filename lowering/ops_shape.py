@@ -1,15 +1,23 @@
 """Shape and data-movement ops: views, permutes, slicing, concatenation, indexing, padding,
 and constants made by factory ops.
 
-Shapes are static (capture specializes them), so targets come from the node's metadata as
-int64 constants. Under `dynamic_batch` a target's dim 0 becomes 0 (Reshape: copy the input's)
-or 1 (Expand: broadcast) on values that carry the batch (lowering/batch.py decides which).
+Static shapes: targets come from the node's metadata as int64 constants. Under
+`dynamic_batch` a target's dim 0 becomes 0 (Reshape: copy the input's) or 1 (Expand:
+broadcast) on values that carry the batch (lowering/batch.py decides which).
+
+Symbolic shapes (`dynamic_shapes=`): a size the graph computes (`aten.sym_size.int`, then
+Python arithmetic on it) is a 0-d int64 ONNX value read off the input's Shape at run time,
+and targets are built from the node's own arguments (`Builder.sizes`), never from the
+metadata, whose symbolic sizes would otherwise be fixed at their compile-time values.
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 
-from .builder import Builder, dtype_of, norm_dim, out_meta, rank_of, shape_of
+from .builder import (Builder, dtype_of, is_static, norm_dim, onnx_dtype, out_meta, rank_of,
+                      shape_of)
 from .registry import Refuse, converter
 
 aten = torch.ops.aten
@@ -29,7 +37,14 @@ def reshape(b: Builder, node):
     """view(Tensor(a) self, SymInt[] size) -> Tensor(a)   (target from the node's metadata)
 
     A batch dim becomes -1 (the other dims are static); a real 0 in the target needs
-    allowzero=1 (ONNX reads 0 as 'copy the input's dim' otherwise)."""
+    allowzero=1 (ONNX reads 0 as 'copy the input's dim' otherwise). A symbolic output shape
+    takes view/reshape's own size argument (sizes computed in the graph)."""
+    if not is_static(node):
+        if node.target in (aten.flatten.using_ints, aten.unflatten.int):
+            return Refuse("flatten/unflatten with a symbolic shape")
+        if any(v == 0 for v in node.args[1] if isinstance(v, int)):
+            return Refuse("a symbolic reshape to an empty shape")
+        return b.op("Reshape", [b.tensor(node.args[0]), b.sizes(list(node.args[1]))])
     target = _shape_target(b, node, -1)
     if 0 in target and -1 in target:
         return Refuse("dynamic batch through a reshape to an empty shape")
@@ -61,7 +76,12 @@ def transpose(b: Builder, node):
 
 @converter(aten.expand.default)
 def expand(b: Builder, node):
-    """expand(Tensor(a) self, SymInt[] size, *, bool implicit=False) -> Tensor(a)"""
+    """expand(Tensor(a) self, SymInt[] size, *, bool implicit=False) -> Tensor(a)
+
+    Symbolic: the size argument, its -1s as 1 (ONNX Expand broadcasts a 1 to the input's)."""
+    if not is_static(node):
+        sizes = [1 if isinstance(v, int) and v == -1 else v for v in node.args[1]]
+        return b.op("Expand", [b.tensor(node.args[0]), b.sizes(sizes)])
     return b.op("Expand", [b.tensor(node.args[0]), b.ints(_shape_target(b, node, 1))])
 
 
@@ -82,8 +102,8 @@ def slice_(b: Builder, node):
     x = node.args[0]
     dim, start, end, step = (list(node.args[1:]) + [0, None, None, 1][len(node.args) - 1:])[:4]
     start = 0 if start is None else start
-    end = INT64_MAX if end is None else min(end, INT64_MAX)
-    return b.op("Slice", [b.tensor(x), b.ints([start]), b.ints([end]),
+    end = INT64_MAX if end is None else end if isinstance(end, torch.fx.Node) else min(end, INT64_MAX)
+    return b.op("Slice", [b.tensor(x), b.sizes([start]), b.sizes([end]),
                           b.ints([norm_dim(dim, rank_of(x))]), b.ints([step])])
 
 
@@ -110,7 +130,7 @@ def cat(b: Builder, node):
     out = out_meta(node)
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
     parts = [t for t in node.args[0]
-             if not (shape_of(t) == (0,) and out.dim() != 1)]
+             if not (rank_of(t) == 1 and is_static(t) and shape_of(t) == (0,) and out.dim() != 1)]
     if not parts:
         return b.op("Identity", [b.const(torch.zeros(out.shape, dtype=out.dtype))])
     vals = [b.tensor(t, out.dtype) for t in parts]
@@ -285,8 +305,9 @@ def index(b: Builder, node):
     if len(pos) == 1:
         return b.op("Gather", [b.tensor(x), b.tensor(indices[pos[0]], torch.int64)], axis=pos[0])
     r, m = rank_of(x), len(pos)
-    bshape = list(torch.broadcast_shapes(*[shape_of(indices[i]) for i in pos]))
-    cols = [b.op("Unsqueeze", [b.op("Expand", [b.tensor(indices[i], torch.int64), b.ints(bshape)]),
+    nb = max(rank_of(indices[i]) for i in pos)  # rank of the broadcast index shape
+    target = _broadcast_shape(b, [indices[i] for i in pos])
+    cols = [b.op("Unsqueeze", [b.op("Expand", [b.tensor(indices[i], torch.int64), target]),
                                b.ints([-1])]) for i in pos]
     stacked = b.op("Concat", cols, axis=-1)
     adjacent = pos == list(range(pos[0], pos[0] + m))
@@ -296,11 +317,24 @@ def index(b: Builder, node):
         xv = b.op("Transpose", [xv], perm=pos + rest)
     y = b.op("GatherND", [xv, stacked])
     if adjacent and pos[0] > 0:  # torch keeps the result dims where the indexed dims were
-        nb, p0 = len(bshape), pos[0]
+        p0 = pos[0]
         total = nb + r - m
         perm = list(range(nb, nb + p0)) + list(range(nb)) + list(range(nb + p0, total))
         y = b.op("Transpose", [y], perm=perm)
     return y
+
+
+def _broadcast_shape(b: Builder, tensors) -> str:
+    """The broadcast shape of `tensors` as a 1-D int64: a constant when static, else read at
+    run time off their sum with zeros (ONNX Add broadcasts as torch does)."""
+    if all(is_static(t) for t in tensors):
+        return b.ints(torch.broadcast_shapes(*[shape_of(t) for t in tensors]))
+    zero = b.scalar(0, torch.int64)
+    total = None
+    for t in tensors:
+        z = b.op("Mul", [b.tensor(t, torch.int64), zero])
+        total = z if total is None else b.op("Add", [total, z])
+    return b.op("Shape", [total])
 
 
 @converter(aten.as_strided.default)
@@ -340,11 +374,60 @@ _UNINITIALIZED = {aten.empty.memory_format, aten.empty_like.default, aten.new_em
                   aten.empty_strided.default}
 
 
+_SIZED = {aten.full.default, aten.zeros.default, aten.ones.default, aten.new_zeros.default,
+          aten.new_ones.default, aten.new_full.default}
+
+
+def _symbolic_factory(b: Builder, node):
+    """A factory of a symbolic shape, computed at run time: arange as Range, full/zeros/ones
+    (and new_*) as their fill value expanded to the sizes; any other is refused."""
+    out = out_meta(node)
+    t = node.target
+    if t in (aten.arange.default, aten.arange.start, aten.arange.start_step):
+        args = list(node.args) if t != aten.arange.default else [0, node.args[0]]
+        start, end, step = (args + [1])[:3]
+        vals = [b.op("Cast", [b.value(a)], to=onnx_dtype(out.dtype)) if isinstance(a, torch.fx.Node)
+                else b.scalar(a, out.dtype) for a in (start, end, step)]
+        return b.op("Range", vals)
+    if t in _SIZED:
+        sizes = node.args[1] if t.__name__.startswith("new_") else node.args[0]
+        fill = {aten.zeros.default: 0, aten.ones.default: 1, aten.new_zeros.default: 0,
+                aten.new_ones.default: 1}.get(t, node.args[-1] if t != aten.new_full.default
+                                              else node.args[2])
+        if isinstance(fill, torch.fx.Node):
+            return Refuse("a fill value computed in the graph")
+        return b.op("Expand", [b.scalar(fill, out.dtype), b.sizes(list(sizes))])
+    return Refuse(f"{t} with a symbolic shape")
+
+
+def sym_size(b: Builder, node):
+    """sym_size.int(Tensor self, int dim) -> SymInt   (a 0-d int64, read at run time)"""
+    x, dim = node.args
+    shape = b.op("Shape", [b.tensor(x)])
+    return b.op("Gather", [shape, b.const(torch.tensor(norm_dim(dim, rank_of(x))))], axis=0)
+
+
+_SIZE_MATH = {operator.add: "Add", operator.sub: "Sub", operator.mul: "Mul",
+              operator.floordiv: "Div", operator.mod: "Mod"}  # sizes: non-negative ints
+
+
+def size_math(b: Builder, node):
+    """SymInt arithmetic (s0 * 2, s1 + s2, ...): int64 ONNX ops on 0-d values. Sizes are
+    non-negative, so ONNX's truncating Div and Mod agree with Python's // and %."""
+    if not all(isinstance(a, (int, torch.fx.Node)) and not isinstance(a, bool) for a in node.args):
+        return Refuse("arithmetic on non-integer values")
+    vals = [b.value(a) if isinstance(a, torch.fx.Node) else b.scalar(a, torch.int64)
+            for a in node.args]
+    return b.op(_SIZE_MATH[node.target], vals)
+
+
 @converter(*FACTORIES)
 def factory(b: Builder, node):
     """full(SymInt[] size, Scalar fill_value, *, ScalarType? dtype=None, ...) -> Tensor, and the
     other factories: their values depend on shapes and arguments only, so they become
     initializers (computed here on CPU; `empty` reads as zeros)."""
+    if not is_static(node):
+        return _symbolic_factory(b, node)
     out = out_meta(node)
     if node.target in _UNINITIALIZED:
         value = torch.zeros(out.shape, dtype=out.dtype)
@@ -359,3 +442,8 @@ def factory(b: Builder, node):
         value = node.target(*args, **kwargs, device="cpu") if "device" in str(node.target._schema) \
             else node.target(*args, **kwargs)
     return b.op("Identity", [b.const(value.to(out.dtype))])
+
+
+# Sizes the graph computes are not ATen ops with a coverage row: onnx_export dispatches them
+# here before the converter registry (as it does getitem).
+SIZE_OPS = {aten.sym_size.int: sym_size, **{op: size_math for op in _SIZE_MATH}}

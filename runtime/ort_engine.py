@@ -11,7 +11,9 @@ Invariant: `run(inputs)` returns torch tensors in the graph's flat output order,
 compile device, with the graph's dtypes and shapes (dim 0 following the inputs' under
 dynamic batch). Under dynamic batch `batch` (a runtime.inputs.DynamicBatch) says which
 inputs' dim 0 is free, so the input checker lets any batch size >= 1 through; the output
-shapes are worked out once per batch size and cached.
+shapes are worked out once per batch size and cached. A model lowered from symbolic shapes
+(`dynamic_shapes=`) has its output shapes evaluated per call from the inputs' sizes
+(runtime/dims.py), also cached.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from fxc.errors import FxcBackendUnavailableError, FxcRuntimeError, FxcUnsupportedOpError
+from fxc.runtime.dims import SymbolicDims
 from fxc.runtime.inputs import DynamicBatch, bindable
 
 NUMPY_DTYPES = {
@@ -95,15 +98,18 @@ class OrtEngine:
         # ONNX Runtime runs one session from several threads at once, each with its own.
         self._bindings = threading.local()
         self._outputs = _output_specs(lowered)
+        self.dims = SymbolicDims.of(lowered.model)  # None: static (or dynamic batch) shapes
         self._empty_output = any(0 in (shape[1:] if is_batch else shape)
-                                 for _, shape, is_batch in self._outputs)
+                                 for _, shape, is_batch in self._outputs) and self.dims is None
         self.batch = (DynamicBatch(tuple(lowered.batch_inputs()))
                       if lowered.dynamic_batch else None)
         self._shapes: dict[int | None, list[tuple[int, ...]]] = {}  # batch size -> output shapes
 
     def run(self, inputs: list[torch.Tensor]) -> list:
         low = self.lowered
-        if self._empty_output or any(x.numel() == 0 for x in inputs):
+        shapes = self.dims.shapes(inputs) if self.dims is not None else None
+        if self._empty_output or any(x.numel() == 0 for x in inputs) or (
+                shapes is not None and any(0 in s for s in shapes)):
             return self._run_copying(inputs)  # empty tensors have no memory to bind
         binding = self._binding()
         kept = []  # keep contiguous copies alive until the run is done
@@ -116,7 +122,7 @@ class OrtEngine:
         # Fresh outputs every call (a returned tensor is never overwritten later), in the
         # shapes of this call's batch size.
         for name, (dtype, _, _), shape in zip(low.output_names, self._outputs,
-                                              self._output_shapes(batch)):
+                                              shapes or self._output_shapes(batch)):
             y = torch.empty(shape, dtype=dtype, device=self.device)
             binding.bind_output(name, NUMPY_DTYPES[dtype], shape, y.data_ptr())
             outs.append(y)
