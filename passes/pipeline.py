@@ -16,7 +16,7 @@ from . import dce
 from . import cse, fold_constants, noops
 from . import flatten_linear, fuse_bn, fuse_conv, fuse_linear
 from . import fuse_attention, merge_parallel_linear, recognize_norm_act
-from . import align_gemm, bool_mask, cast_precision, fuse_add_norm, fuse_regions, layout
+from . import align_gemm, bool_mask, cast_precision, fuse_add_norm, fuse_regions, layout, rotary
 from .manager import Pass
 
 PIPELINE: list[Pass] = [
@@ -42,6 +42,9 @@ PIPELINE: list[Pass] = [
     Pass("layout", layout.run, numerics="lowp",  # channels-last convs where measured faster (layout.py: why lowp)
          when=lambda o: o.device.type == "cuda",
          static_only="channels-last is chosen by timing the convs at the compile shapes"),
+    Pass("rotary", rotary.run, numerics="exact",  # rotate_half's neg + cat -> a select of views, so the next pass fuses RoPE whole
+         when=lambda o: o.generated_kernels or (o.device.type == "cuda" and o.generated_kernels is None),
+         static_only=None),
     Pass("fuse_regions", fuse_regions.run, numerics="lowp",  # what is left: pointwise/row regions -> generated Triton kernels
          when=lambda o: o.generated_kernels or (o.device.type == "cuda" and o.generated_kernels is None),
          static_only=None),  # refuses each region with a symbolic shape itself, saying so
