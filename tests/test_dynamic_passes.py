@@ -64,8 +64,8 @@ def relative_error(got, want) -> float:
     return float((got - want).norm() / want.norm().clamp_min(1e-12))
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name, precision", [(n, p) for n in CASES for p in ("fp32", "fp16")
+                                             if (n, p) != ("resnet18", "fp16")])  # CI time
 def test_symbolic_pipeline_matches_eager_across_the_range(name, precision):
     model, xs = get(name, size="tiny", batch=2)
     spec = CASES[name]
