@@ -199,8 +199,11 @@ def _versions() -> dict[str, str]:
 
 def _spec_json(spec) -> dict:
     if spec.is_tensor:
-        return {"name": spec.name, "tensor": True, "dtype": str(spec.dtype).replace("torch.", ""),
-                "shape": list(spec.shape)}
+        out = {"name": spec.name, "tensor": True, "dtype": str(spec.dtype).replace("torch.", ""),
+               "shape": list(spec.shape)}
+        if spec.dynamic:  # per axis: null (fixed) or the range it was compiled for
+            out["dims"] = [d.to_json() if d is not None else None for d in spec.dims]
+        return out
     if not isinstance(spec.value, _JSON_SCALARS):
         raise FxcArtifactError(f"input '{spec.name}' is the constant {spec.value!r}, which an "
                                f"artifact cannot store (only None, bool, int, float, str)")
@@ -534,7 +537,8 @@ def _checker(manifest: dict, device: torch.device, lowered, batch=None):
                 or any(isinstance(d, int) and d != n for d, n in zip(dims, shape))):
             raise FxcArtifactError(f"manifest input {name!r} says {s['dtype']}{shape}; the ONNX "
                                    f"model's input {k} takes {dims} of ONNX type {elem}")
-        specs.append(InputSpec(name, True, dtype, tuple(shape), device))
+        ranges = _dim_ranges(s.get("dims"), name, dims)
+        specs.append(InputSpec(name, True, dtype, tuple(shape), device, dims=ranges))
     if sum(1 for x in specs if x.is_tensor) != len(onnx_inputs):
         raise FxcArtifactError(f"the manifest lists {sum(x.is_tensor for x in specs)} tensor "
                                f"inputs; the ONNX model takes {len(onnx_inputs)}")
@@ -544,6 +548,33 @@ def _checker(manifest: dict, device: torch.device, lowered, batch=None):
                                f"{len(specs)}")
     layout = _layout(manifest.get("layout"))
     return InputChecker(specs, in_spec, layout, batch)
+
+
+def _dim_ranges(data, name: str, onnx_dims: list) -> tuple:
+    """An input's saved axis ranges (absent: every axis fixed), each checked for its types and
+    against the ONNX model: a ranged axis is the model's symbolic dim of the same symbol."""
+    from fxc.dynamic import DimRange
+    if data is None:
+        return ()
+    if not isinstance(data, list) or len(data) != len(onnx_dims):
+        raise FxcArtifactError(f"manifest input {name!r}: dims {data!r:.80} is not a list of one "
+                               f"entry per axis ({len(onnx_dims)})")
+    out = []
+    for axis, (d, onnx_dim) in enumerate(zip(data, onnx_dims)):
+        if d is None:
+            out.append(None)
+            continue
+        ok = (isinstance(d, dict) and set(d) == {"symbol", "name", "low", "high"}
+              and isinstance(d["symbol"], str) and isinstance(d["name"], str)
+              and _is_int(d["low"]) and (d["high"] is None or _is_int(d["high"], d["low"])))
+        if not ok:
+            raise FxcArtifactError(f"manifest input {name!r}: axis {axis} range {d!r:.80} is not "
+                                   f"{{symbol, name, low, high}} with low <= high")
+        if onnx_dim != d["symbol"]:
+            raise FxcArtifactError(f"manifest input {name!r}: axis {axis} is the range "
+                                   f"{d['symbol']!r}, the ONNX model's axis is {onnx_dim!r}")
+        out.append(DimRange(d["symbol"], d["name"], d["low"], d["high"]))
+    return tuple(out)
 
 
 def _loads(text: str, what: str):
