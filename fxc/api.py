@@ -12,7 +12,7 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
-from . import backends, ir
+from . import backends, guard, ir
 from .capture import capture, normalize_inputs
 from .dump import StageDumper
 from .errors import FxcOptionError
@@ -33,6 +33,8 @@ class CompiledModule:
         # An engine that runs no torch ops (ONNX Runtime) needs no no_grad around each call.
         self._grad_free = not getattr(engine, "runs_torch_ops", True)
         self.graph, self._report, self.options = graph, report, options
+        self._guard = guard.enabled(getattr(options, "guard", None))
+        self._model = None  # guard: the user's model, to tell its own inf/NaN from ours
 
     def __call__(self, *args, **kwargs):
         flat = self.checker.flatten(args, kwargs)
@@ -41,6 +43,8 @@ class CompiledModule:
         else:
             with torch.no_grad():
                 outs = self.engine.run(flat)
+        if self._guard and (bad := guard.bad_outputs(outs)):
+            raise guard.diagnose(self._model, args, kwargs, self.graph, flat, outs, bad)
         return pytree.tree_unflatten(outs, self.out_spec)
 
     def report(self) -> str:
@@ -180,6 +184,8 @@ def _compile(model, args, kwargs, t_start, *, device, precision, backend, verify
     # An engine built for a dynamic batch says which inputs' dim 0 is free (runtime/inputs.py).
     checker = InputChecker(specs, captured.in_spec, captured.layout, getattr(engine, "batch", None))
     compiled = CompiledModule(engine, checker, captured.out_spec, gm, report, opts)
+    if compiled._guard:
+        compiled._model = model
     if dumper:  # report.html and model.onnx beside the stage dumps (fxc/dump.py)
         dumper.finish(report, memory_plan=getattr(compiled, "memory_plan", None),
                       onnx_model=getattr(getattr(engine, "lowered", None), "model", None),

@@ -39,6 +39,9 @@ class CompileOptions:
     # with fxc's torch runtime; True: on any device (CPU runs Triton's interpreter when
     # TRITON_INTERPRET=1, else the op's reference); False: off.
     generated_kernels: bool | None = None
+    # Every call's outputs checked for inf/NaN; a bad call raises FxcNumericsError naming the
+    # first node that made them (fxc/guard.py). None: the FXC_GUARD environment variable.
+    guard: bool | None = None
     # Torch backend runtime (runtime/torch_engine.py, passes/memory_plan.py):
     plan_memory: bool = True          # intermediates with a real out= kernel go in one arena
     planner: str = "best"             # arena order: 'best' (try all) or a memory_plan.ORDERS name
