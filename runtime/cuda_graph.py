@@ -30,8 +30,10 @@ WARMUP_ITERS = 3  # the second of them runs with host syncs turned into errors
 _UNSAFE_TAGS = ("cudagraph_unsafe", "data_dependent_output")
 
 
-def capture_refusal(engine) -> str | None:
-    """A reason the step list cannot be one CUDA graph, found before trying, or None."""
+def capture_refusal(engine, symbolic: bool = False) -> str | None:
+    """A reason the step list cannot be one CUDA graph, found before trying, or None.
+    `symbolic`: the graph's sizes are symbols and this capture is for one concrete shape of
+    them (runtime/buckets.py), so a symbolic size in the meta is no reason to refuse."""
     for step in engine.steps:
         node, op = step.node, step.node.target
         tags = getattr(op, "tags", ())
@@ -41,7 +43,7 @@ def capture_refusal(engine) -> str | None:
         for v in _metas(node.meta.get("val")):
             if v.device != engine.device:
                 return f"{ir.describe(node)} computes on {v.device}, not {engine.device}"
-            if not all(isinstance(s, int) for s in v.shape):
+            if not symbolic and not all(isinstance(s, int) for s in v.shape):
                 return f"{ir.describe(node)} has a dynamic shape"
     return None
 
@@ -54,10 +56,12 @@ def _metas(val):
     return []
 
 
-def try_capture(engine, example_inputs, *, zero_copy_outputs: bool = False):
+def try_capture(engine, example_inputs, *, zero_copy_outputs: bool = False,
+                symbolic: bool = False):
     """(runner, status line) on success, (None, why not) otherwise; never raises for a
-    capture failure (a kernel failing in warm-up is a real error and propagates)."""
-    why = capture_refusal(engine)
+    capture failure (a kernel failing in warm-up is a real error and propagates).
+    `symbolic`: capture a symbolic graph at the example inputs' shape (one bucket)."""
+    why = capture_refusal(engine, symbolic)
     if why is None:
         try:
             runner = CudaGraphRunner(engine, example_inputs, zero_copy_outputs)

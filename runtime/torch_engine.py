@@ -11,7 +11,8 @@ out= call must write in place, in the planned layout, bitwise equal to the funct
 and every op whose schema promises a fresh tensor must not share its inputs' storage;
 steps that fail are demoted (and named in the report) and the plan is redone without them.
 On CUDA (`cuda_graphs`) the step list is then captured as one CUDA graph
-(runtime/cuda_graph.py), with a logged fallback to the step loop where capture fails.
+(runtime/cuda_graph.py), with a logged fallback to the step loop where capture fails; a graph
+with symbolic shapes keeps one CUDA graph per shape bucket instead (runtime/buckets.py).
 
 Invariant: `run(inputs)` returns exactly what `gm(*inputs)` returns, bit for bit; returned
 tensors are never written by a later call unless the user chose `zero_copy_outputs`.
@@ -32,8 +33,11 @@ from fxc.debug import log
 from fxc.errors import FxcRuntimeError
 from fxc.passes import memory_plan as mp
 
+from fxc.dynamic import is_symbolic
+
 from . import cuda_graph
 from .arena import Arena
+from .buckets import BucketedGraphs
 
 
 @dataclasses.dataclass
@@ -182,7 +186,14 @@ class TorchEngine:
 
     def _setup_cuda(self, options, example_inputs) -> None:
         runner, status = None, "off (cuda_graphs=False)"
-        if getattr(options, "cuda_graphs", False):
+        self.bucketed = None
+        if getattr(options, "cuda_graphs", False) and is_symbolic(self.gm):
+            capture = lambda xs: cuda_graph.try_capture(  # noqa: E731
+                self, xs, zero_copy_outputs=options.zero_copy_outputs, symbolic=True)
+            self.bucketed = BucketedGraphs(self, capture, options.shape_buckets,
+                                           options.max_cuda_graphs)
+            status = self.bucketed.status()
+        elif getattr(options, "cuda_graphs", False):
             if example_inputs is None:
                 status = "off (no example inputs to capture with)"
             else:
@@ -200,6 +211,8 @@ class TorchEngine:
                 return self.cuda_graph.run(inputs)
             if self.device is not None and self.device.type == "cuda":
                 inputs = [self.stager.to_device(i, x) for i, x in enumerate(inputs)]
+                if getattr(self, "bucketed", None) is not None:
+                    return self.bucketed.run(inputs)
             return self.run_steps(inputs)
 
     def _fresh_env(self, inputs) -> list:
