@@ -58,6 +58,9 @@ class LoweredOnnx:
     dynamic_batch: bool
     opset: int
     captured_batch: int | None = None       # dim 0 of the first input at capture
+    # symbolic dims (dynamic_shapes=): symbol -> (low, high or None, the example's size), for
+    # engines that need ranges up front (TensorRT's optimization profile)
+    dim_ranges: dict[str, tuple[int, int | None, int]] = dataclasses.field(default_factory=dict)
 
     def op_types(self) -> set[str]:
         return {n.op_type for n in self.model.graph.node}
@@ -125,7 +128,24 @@ def to_onnx(gm: fx.GraphModule, *, opset: int = DEFAULT_OPSET, dynamic_batch: bo
     size0 = first.meta["val"].shape[0] if first is not None and first.meta["val"].dim() else None
     captured = size0 if isinstance(size0, int) else None
     return LoweredOnnx(model, [i.name for i in inputs], names, slots, batch_outs, dynamic_batch,
-                       opset, captured)
+                       opset, captured, dim_ranges(gm))
+
+
+def dim_ranges(gm: fx.GraphModule) -> dict[str, tuple[int, int | None, int]]:
+    """symbol -> (low, high or None, example size) of every symbolic input axis of `gm`."""
+    from fxc.dynamic import range_end
+    declared = gm.meta.get("dim_ranges", {})  # export's own ranges, recorded by capture
+    out = {}
+    for node in gm.graph.nodes:
+        val = node.meta.get("val") if node.op == "placeholder" else None
+        for d in getattr(val, "shape", ()):
+            if isinstance(d, torch.SymInt) and d.node.expr.is_Symbol:
+                vr = d.node.shape_env.var_to_range.get(d.node.expr)
+                low = range_end(vr.lower) if vr is not None else None
+                high = range_end(vr.upper) if vr is not None else None
+                low, high = declared.get(str(d.node.expr), (low or 0, high))
+                out[str(d.node.expr)] = (low, high, int(d.node.hint))
+    return out
 
 
 def _missing(node: fx.Node):

@@ -4,7 +4,9 @@
   their casts), rather than choosing precisions itself.
 - One optimization profile: every input at its captured shape, except that under dynamic
   batch dim 0 ranges over 1..max(captured, options.trt_max_batch), optimized for the
-  captured batch.
+  captured batch, and under `dynamic_shapes=` every symbolic axis ranges over its declared
+  range (min: its low end, at least 1; opt: the example's size; max: its high end, or
+  max(example, trt_max_batch) for a range declared without one).
 - A timing cache file in the cache dir (loaded before, saved after each build) makes
   rebuilds fast; a built engine is cached as `<key>.engine`, key = sha256 of (the ONNX graph,
   the profile, TensorRT's version, the GPU's name and compute capability).
@@ -66,9 +68,14 @@ def cache_dir(options) -> str:
 def profile_shapes(lowered, options) -> dict[str, tuple[tuple, tuple, tuple]]:
     """input name -> (min, opt, max) shapes of the one optimization profile."""
     shapes = {}
+    ranges = getattr(lowered, "dim_ranges", {})
     for vi in lowered.model.graph.input:
         dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
-        if lowered.dynamic_batch and dims:
+        params = [d.dim_param for d in vi.type.tensor_type.shape.dim]
+        if any(p in ranges for p in params):
+            shapes[vi.name] = tuple(zip(*[_axis_profile(ranges.get(p), n, options)
+                                          for p, n in zip(params, dims)]))
+        elif lowered.dynamic_batch and dims:
             captured = lowered.captured_batch or 1
             hi = max(captured, options.trt_max_batch)
             shapes[vi.name] = (tuple([1] + dims[1:]), tuple([captured] + dims[1:]),
@@ -76,6 +83,16 @@ def profile_shapes(lowered, options) -> dict[str, tuple[tuple, tuple, tuple]]:
         else:
             shapes[vi.name] = (tuple(dims),) * 3
     return shapes
+
+
+def _axis_profile(rng, size: int, options) -> tuple[int, int, int]:
+    """(min, opt, max) of one axis: fixed, or a declared range (see the module docstring)."""
+    if rng is None:
+        return size, size, size
+    low, high, example = rng
+    hi = high if high is not None else max(example, options.trt_max_batch)
+    lo = max(1, low)
+    return lo, min(max(example, lo), hi), hi
 
 
 def graph_hash(model: onnx.ModelProto) -> str:

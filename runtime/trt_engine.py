@@ -4,8 +4,10 @@ one CUDA graph (TensorRT 10: set_tensor_address + execute_async_v3).
 Static shapes: input and output buffers are torch tensors allocated once; a call copies the
 inputs into them and replays the CUDA graph captured around execute_async_v3. Returned
 outputs are clones (so a later call never overwrites them) unless `zero_copy_outputs`.
-Dynamic batch: each call sets the input shapes, allocates outputs of the shapes TensorRT
-reports and executes directly (no graph: shapes change between calls).
+Dynamic batch or symbolic shapes (`dynamic_shapes=`, one optimization profile over the
+declared ranges: lowering/tensorrt.py): each call sets the input shapes, allocates outputs of
+the shapes TensorRT reports and executes directly (no graph: shapes change between calls); a
+size outside the profile is an FxcInputError naming the input, the axis and the range.
 
 Invariant: `run(inputs)` returns the graph's flat outputs as CUDA torch tensors.
 """
@@ -15,7 +17,7 @@ import importlib.util
 
 import torch
 
-from fxc.errors import FxcBackendUnavailableError, FxcRuntimeError
+from fxc.errors import FxcBackendUnavailableError, FxcInputError, FxcRuntimeError
 from fxc.lowering.tensorrt import INSTALL_HINT
 from fxc.runtime.inputs import bindable
 
@@ -62,7 +64,8 @@ class TrtEngine:
             self.stream = torch.cuda.Stream(device)
             self.graph = None
             self.batch = _dynamic_batch(self.engine, lowered) if lowered.dynamic_batch else None
-            if not lowered.dynamic_batch:
+            self.dynamic = lowered.dynamic_batch or _symbolic(lowered.model)
+            if not self.dynamic:
                 self._plan_static()
 
     # -- static shapes: planned buffers, one CUDA graph ----------------------------------------
@@ -94,7 +97,7 @@ class TrtEngine:
             raise FxcRuntimeError("TensorRT execute_async_v3 failed (see its log)")
 
     def run(self, inputs: list[torch.Tensor]) -> list:
-        if self.lowered.dynamic_batch:
+        if self.dynamic:
             return self._run_dynamic(inputs)
         for buf, x in zip(self.in_bufs, inputs):
             buf.copy_(x)
@@ -113,6 +116,7 @@ class TrtEngine:
         for name, x in zip(low.input_names, inputs):
             x = bindable(x)
             kept.append(x)
+            self._check_profile(name, tuple(x.shape))
             ctx.set_input_shape(name, tuple(x.shape))
             ctx.set_tensor_address(name, x.data_ptr())
         outs = []
@@ -124,6 +128,21 @@ class TrtEngine:
             outs.append(y)
         self._execute(torch.cuda.current_stream(self.device))
         return _assemble(low, outs)
+
+
+    def _check_profile(self, name: str, shape: tuple) -> None:
+        """A shape outside the engine's profile fails inside TensorRT: refuse it by name."""
+        low, _, high = self.engine.get_tensor_profile_shape(name, 0)
+        for axis, (n, lo, hi) in enumerate(zip(shape, low, high)):
+            if not int(lo) <= n <= int(hi):
+                raise FxcInputError(f"input '{name}': axis {axis} expected a size in "
+                                    f"{int(lo)}..{int(hi)} (the TensorRT engine's optimization "
+                                    f"profile), got {n}")
+
+
+def _symbolic(model) -> bool:
+    """Whether any input of the ONNX model has a symbolic dim (dynamic_shapes=)."""
+    return any(d.dim_param for vi in model.graph.input for d in vi.type.tensor_type.shape.dim)
 
 
 def _dynamic_batch(engine, lowered):

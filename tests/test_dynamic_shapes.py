@@ -3,7 +3,6 @@ runtime; a shape outside them (or of the wrong rank) is an FxcInputError naming 
 axis and the range, before any kernel runs. FP32 results against eager, assert_close defaults."""
 from __future__ import annotations
 
-import re
 
 import pytest
 import torch
