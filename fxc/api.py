@@ -174,6 +174,8 @@ def _compile(model, args, kwargs, t_start, *, device, precision, backend, verify
                            backend_choice=_backend_choice(opts, chosen.name, passed_over))
     for title, lines in ctx.state.get("report_sections", []) + getattr(engine, "report_sections", []):
         report.add_section(title, lines)
+    if any(s.is_tensor and s.dynamic for s in captured.inputs):
+        report.add_section("Dynamic shapes", _dynamic_lines(captured.inputs, records))
     for title, lines in coverage(gm, records):  # what fired, and the ops that are left
         report.add_section(title, lines)
     report.extra["ops_left"] = {k: dict(c) for k, c in op_census(gm).items()}
@@ -191,6 +193,20 @@ def _compile(model, args, kwargs, t_start, *, device, precision, backend, verify
                       onnx_model=getattr(getattr(engine, "lowered", None), "model", None),
                       gm=gm, title=type(model).__name__)
     return compiled
+
+
+def _dynamic_lines(specs, records) -> list[str]:
+    """The report's view of a compile for ranges: each input's axes, and what had to be
+    static (passes skipped on symbolic shapes, with why)."""
+    lines = []
+    for s in specs:
+        if s.is_tensor and s.dynamic:
+            axes = [str(n) if d is None else f"{d.name}: {d.describe()}" for n, d in zip(s.shape, s.dims)]
+            lines.append(f"input '{s.name}': ({', '.join(axes)})")
+    skipped = [f"{r.name} ({r.skipped})" for r in records
+               if r.skipped and r.skipped.startswith("needs static shapes")]
+    lines.append("passes skipped on symbolic shapes: " + ("; ".join(skipped) or "none"))
+    return lines
 
 
 def _backend_choice(opts: CompileOptions, chosen: str, passed_over: list[str]) -> str:

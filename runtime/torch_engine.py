@@ -135,8 +135,12 @@ class TorchEngine:
             call = calls.get(step.node.name)
             if call is not None:
                 step.fn, step.kwargs, step.planned = call[0], {**step.kwargs, **call[1]}, True
+        lines = plan.summary()
+        if is_symbolic(self.gm):  # why most tensors stay with the allocator
+            lines = ["symbolic shapes: tensors whose size depends on a symbol are allocated per "
+                     "call ('dynamic shape' below); only fixed-size ones are planned"] + lines
         self.report_sections.append((f"Memory plan ({', '.join(plan.arenas) or 'nothing planned'})",
-                                     plan.summary()))
+                                     lines))
 
     def _planned_calls(self, plan: mp.MemoryPlan, arena: Arena) -> dict[str, tuple]:
         """node name -> (out= overload, {out arg name: arena view}) for every planned node."""

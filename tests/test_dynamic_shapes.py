@@ -3,7 +3,6 @@ runtime; a shape outside them (or of the wrong rank) is an FxcInputError naming 
 axis and the range, before any kernel runs. FP32 results against eager, assert_close defaults."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn as nn
@@ -126,3 +125,6 @@ def test_report_names_the_passes_symbolic_shapes_skip():
     skipped = {r.name: r.skipped for r in compiled.report_data.records}
     assert skipped["fuse_linear"] is None  # checked on symbolic shapes: it runs
     assert compiled(torch.randn(64, 8)).shape == (64, 4)
+    text = compiled.report()
+    assert "Dynamic shapes" in text and "input 'x': (batch: 0..64, 8)" in text
+    assert "passes skipped on symbolic shapes:" in text
