@@ -2,7 +2,7 @@
 
 The user writes what torch.export takes: per input `{axis: torch.export.Dim("name", min=...,
 max=...)}` (or `Dim.AUTO`, `Dim.DYNAMIC`), as a tuple by position or a dict keyed by
-`forward`'s parameter names. `dynamic_batch=True` is the shorthand `batch_shapes` expands.
+`forward`'s parameter names.
 
 Export turns every free axis into a symbol (`s33`) with a value range; `input_dims` reads
 them back off the captured graph's placeholders, so the compiled module knows, per tensor
@@ -51,14 +51,6 @@ def is_symbolic(gm: fx.GraphModule) -> bool:
             if isinstance(val, torch.Tensor) and not all(isinstance(s, int) for s in val.shape):
                 return True
     return False
-
-
-def batch_shapes(args: tuple, kwargs: dict) -> tuple[Any, Any]:
-    """`dynamic_batch=True` as torch.export's format: dim 0 of every tensor input with a dim 0,
-    one Dim shared by all of them (they must agree on the batch)."""
-    batch = torch.export.Dim("batch", min=1)
-    spec = lambda x: {0: batch} if isinstance(x, torch.Tensor) and x.dim() else None  # noqa: E731
-    return pytree.tree_map(spec, args), pytree.tree_map(spec, kwargs)
 
 
 def for_export(model, args: tuple, kwargs: dict, dynamic_shapes) -> tuple[Any, dict[tuple, str]]:
