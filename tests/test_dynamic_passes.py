@@ -112,6 +112,7 @@ def _bakes_the_batch(gm: fx.GraphModule, ctx) -> PassResult:
     return PassResult(1)
 
 
+@pytest.mark.filterwarnings("ignore:Raw SymInt value")  # the bug under test: fx warns too
 def test_a_pass_that_writes_a_symbolic_size_into_the_graph_is_named():
     gm, xs = _symbolic_mlp()
     p = Pass("bakes", _bakes_the_batch, static_only=None)
