@@ -214,12 +214,20 @@ def _capture_error(exc: BaseException, context: str | None = None) -> FxcCapture
     if context:
         reason = f"{context}: {reason}"
     hint = next((h for k, h in _HINTS.items() if k in text or k in type(exc).__name__), None)
-    fixes = _suggested_fixes(text)
-    if fixes:  # a declared range the model cannot take: export says which range it can
-        hint = "the model does not run every size of the declared range; export suggests: " + fixes
+    fixes, why = _suggested_fixes(text), _violations(text)
+    if fixes or why:  # a declared range the model cannot take: export says why, and what can
+        hint = "the model does not run every size of the declared range" + \
+            (f" ({why})" if why else "") + (f"; export suggests: {fixes}" if fixes else "")
     err = FxcCaptureError(reason, source=_user_frame(exc), hint=hint)
     err.cause = exc  # the full original error, for whoever wants all of it
     return err
+
+
+def _violations(text: str, limit: int = 2) -> str | None:
+    """export's first 'Not all values of seq ... satisfy the generated guard ...' lines."""
+    lines = [line.strip()[2:] for line in text.splitlines()
+             if line.strip().startswith("- Not all values")]
+    return "; ".join(lines[:limit]) or None
 
 
 def _suggested_fixes(text: str) -> str | None:
