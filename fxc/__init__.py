@@ -17,11 +17,29 @@ if _os.path.isfile(_os.path.join(_root, "pyproject.toml")) and \
         _os.path.isfile(_os.path.join(_root, "passes", "__init__.py")):
     __path__.append(_root)  # type: ignore[name-defined]  # noqa: F821
 
-from .api import CompiledModule, compile  # noqa: E402
-from .artifact import load  # noqa: E402
-from .errors import (FxcArtifactError, FxcBackendUnavailableError, FxcCaptureError, FxcError,
-                     FxcInputError, FxcOptionError, FxcPassError, FxcRuntimeError,
+from .errors import (FxcArtifactError, FxcBackendUnavailableError, FxcCaptureError,  # noqa: E402
+                     FxcError, FxcInputError, FxcOptionError, FxcPassError, FxcRuntimeError,
                      FxcUnsupportedOpError, FxcVerifyError)
+
+# The compiler (torch, the passes, the backends) loads on first use, not on `import fxc`:
+# `python -m fxc --help` and the CLI's argument errors then answer in a fraction of a second.
+_LAZY = {"compile": ("api", "compile"), "CompiledModule": ("api", "CompiledModule"),
+         "load": ("artifact", "load")}
+_SUBPACKAGES = {"api", "artifact", "passes", "lowering", "runtime", "models", "ops", "codegen",
+                "capture", "bench", "timing", "ir", "guard", "dynamo", "testing"}
+
+
+def __getattr__(name):
+    import importlib
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+        globals()[name] = value
+        return value
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 __all__ = [
