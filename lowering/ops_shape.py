@@ -344,6 +344,8 @@ def as_strided(b: Builder, node):
     On a contiguous input: a Gather of the flat input at the precomputed element offsets."""
     x, size, stride = node.args[:3]
     offset = node.args[3] if len(node.args) > 3 else node.kwargs.get("storage_offset")
+    if not (is_static(node) and is_static(x)):
+        return Refuse("as_strided with a symbolic shape (its offsets are precomputed)")
     xm = x.meta["val"]
     if not xm.is_contiguous() or xm.storage_offset() != 0:
         return Refuse("as_strided over a non-contiguous input")
@@ -378,6 +380,10 @@ _SIZED = {aten.full.default, aten.zeros.default, aten.ones.default, aten.new_zer
           aten.new_ones.default, aten.new_full.default}
 
 
+_LIKE = {aten.full_like.default: None, aten.zeros_like.default: 0, aten.ones_like.default: 1,
+         aten.empty_like.default: 0}
+
+
 def _symbolic_factory(b: Builder, node):
     """A factory of a symbolic shape, computed at run time: arange as Range, full/zeros/ones
     (and new_*) as their fill value expanded to the sizes; any other is refused."""
@@ -389,6 +395,11 @@ def _symbolic_factory(b: Builder, node):
         vals = [b.op("Cast", [b.value(a)], to=onnx_dtype(out.dtype)) if isinstance(a, torch.fx.Node)
                 else b.scalar(a, out.dtype) for a in (start, end, step)]
         return b.op("Range", vals)
+    if t in _LIKE:  # the fill value over the input's run-time shape
+        fill = node.args[1] if t == aten.full_like.default else _LIKE[t]
+        if isinstance(fill, torch.fx.Node):
+            return Refuse("a fill value computed in the graph")
+        return b.op("Expand", [b.scalar(fill, out.dtype), b.op("Shape", [b.tensor(node.args[0])])])
     if t in _SIZED:
         sizes = node.args[1] if t.__name__.startswith("new_") else node.args[0]
         fill = {aten.zeros.default: 0, aten.ones.default: 1, aten.new_zeros.default: 0,

@@ -7,8 +7,10 @@ stage before, and raises FxcVerifyError naming the first pass that broke them.
 
 Symbolic shapes (DESIGN decision 11): on a graph whose inputs have symbolic sizes, a pass
 runs only if its entry declares it works on them (`Pass.static_only` is None); any other is
-skipped with its reason in the report, never run to specialize the graph silently. After a
-pass that runs, the graph must still be symbolic and hold no concrete SymInt in an argument.
+skipped with its reason in the report, never run to specialize the graph silently. A pass
+that raises on a symbolic graph is rolled back (the graph and the module's constants as they
+were before it) and skipped with its error as the reason. After a pass that runs, the graph
+must still be symbolic and hold no concrete SymInt in an argument.
 """
 from __future__ import annotations
 
@@ -94,11 +96,20 @@ def run_pipeline(gm: fx.GraphModule, ctx: PassContext, pipeline: list[Pass],
             log.info("pass %s skipped on symbolic shapes: %s", p.name, p.static_only)
             continue
         t0 = time.perf_counter()
+        saved = _Snapshot(gm) if symbolic else None
         try:
             result = p.fn(gm, ctx)
-        except FxcError:
-            raise
-        except Exception as e:  # a bug in a pass: say which pass, keep the cause chained
+        except Exception as e:
+            if saved is not None:  # symbolic shapes: roll back, skip it, say why
+                saved.restore(gm)
+                why = f"failed on symbolic shapes, rolled back: {type(e).__name__}: " + \
+                    (str(e).strip().splitlines() or [""])[0][:200]
+                records.append(PassRecord(p.name, 0.0, 0, ir.count_compute(gm), skipped=why))
+                log.warning("pass %s %s", p.name, why)
+                continue
+            if isinstance(e, FxcError):
+                raise
+            # a bug in a pass: say which pass, keep the cause chained
             raise FxcPassError(p.name, f"{type(e).__name__}: {e}") from e
         gm.recompile()
         if symbolic:
@@ -114,6 +125,28 @@ def run_pipeline(gm: fx.GraphModule, ctx: PassContext, pipeline: list[Pass],
         if on_stage is not None:
             on_stage(p.name, gm)
     return records
+
+
+class _Snapshot:
+    """The graph (a node-for-node copy, meta included) and the module's constants, as they
+    were before a pass; `restore` puts both back (constants by reference: no tensor copies)."""
+
+    def __init__(self, gm: fx.GraphModule):
+        self.graph = fx.Graph()
+        self.graph.output(self.graph.graph_copy(gm.graph, {}))
+        self.graph.set_codegen(gm.graph._codegen)
+        self.buffers, self.params = dict(gm._buffers), dict(gm._parameters)
+        self.attrs = {k: v for k, v in gm.__dict__.items() if isinstance(v, torch.Tensor)}
+
+    def restore(self, gm: fx.GraphModule) -> None:
+        gm._buffers.clear()
+        gm._buffers.update(self.buffers)
+        gm._parameters.clear()
+        gm._parameters.update(self.params)
+        for k, v in self.attrs.items():
+            gm.__dict__[k] = v
+        gm.graph = self.graph
+        gm.recompile()
 
 
 def check_still_symbolic(gm: fx.GraphModule, pass_name: str) -> None:

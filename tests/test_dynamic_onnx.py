@@ -15,7 +15,7 @@ from fxc.lowering import to_onnx
 
 
 class Shapes(nn.Module):
-    """reshape/view, expand, slice to a symbolic end, arange, full and a size product."""
+    """reshape/view, expand, slice to a symbolic end, arange, ones, full_like, size math."""
 
     def forward(self, x, y):
         b, t = x.shape[0], x.shape[1]
@@ -24,7 +24,7 @@ class Shapes(nn.Module):
         ones = torch.ones(b, t, 1, dtype=x.dtype)                    # (B, T, 1)
         cut = y[:, : t - 1]                                          # (B, T-1, D)
         wide = pos.expand(b, t, x.shape[2])                          # (B, T, D)
-        return flat * 2, x + wide * ones, cut.exp()
+        return flat * 2, x + wide * ones, cut.exp() + torch.full_like(cut, 0.5)
 
 
 class Repeats(nn.Module):

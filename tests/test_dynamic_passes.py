@@ -101,6 +101,27 @@ def test_a_static_only_pass_is_skipped_with_its_reason():
     assert ran  # a static graph runs it
 
 
+def _breaks_halfway(gm: fx.GraphModule, ctx) -> PassResult:
+    """A pass that rewrites part of the graph, then fails on a symbolic size."""
+    relu = next(n for n in gm.graph.nodes if n.op == "call_function")
+    relu.replace_all_uses_with(relu.args[0])
+    gm.graph.erase_node(relu)
+    del gm._buffers[next(iter(gm._buffers))]
+    raise RuntimeError("SymIntArrayRef expected to contain only concrete integers")
+
+
+def test_a_pass_that_fails_on_symbolic_shapes_is_rolled_back_and_named():
+    gm, xs = _symbolic_mlp()
+    before, buffers = gm.code, dict(gm._buffers)
+    p = Pass("breaks", _breaks_halfway, static_only=None)
+    (record,) = run_pipeline(gm, PassContext(options("fp32"), list(xs)), [p])
+    assert record.skipped.startswith("failed on symbolic shapes, rolled back: RuntimeError: "
+                                     "SymIntArrayRef")
+    assert gm.code == before and dict(gm._buffers) == buffers
+    y = torch.randn(9, xs[0].shape[1])
+    torch.testing.assert_close(gm(y)[0], get("mlp", size="tiny", batch=2)[0](y))
+
+
 def _bakes_the_batch(gm: fx.GraphModule, ctx) -> PassResult:
     """A buggy pass: reshapes the input with its meta sizes, as if they were numbers."""
     x = next(n for n in gm.graph.nodes if n.op == "placeholder")
