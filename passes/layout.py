@@ -5,8 +5,8 @@ rounding: assert_close in fp32 without TF32, the reduced-precision contract othe
 outputs keep the strides they had, and every node's meta["val"] (strides included) is true.
 
 Rules:
- 0. On every device, first: a view whose input's layout no longer allows it (a pass since
-    cast_precision changed the input's strides) reads a contiguous copy (noops.repair_views).
+(Views that the passes before this one made impossible are repaired by passes/repair_views.py,
+which runs just before it on every device.)
  1. Fires on CUDA only, on graphs with a 2-D convolution (aten.convolution or an fxc conv op
     with a 4-D weight): cuDNN's NHWC kernels are what tensor cores want; on CPU it never fires.
  2. Conv weights that are constants read only by convs become channels_last constants at
@@ -45,17 +45,7 @@ MARGIN = 0.02  # channels-last must win by 2%: run-to-run noise of these timings
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-    # Rule 0, on every device: the passes since cast_precision (align_gemm's sliced GEMM
-    # outputs, fuse_add_norm) change output layouts too; a view they made impossible reads a
-    # contiguous copy (noops.repair_views says why views depend on layouts).
-    copied = noops.repair_views(gm)
-    result = _run(gm, ctx)
-    if copied:
-        result.rewrites += len(copied)
-        result.notes.append(f"{len(copied)} view(s) read a contiguous copy: their input's "
-                            f"layout changed ({', '.join(copied[:5])})")
-    result.stats["views_copied"] = len(copied)
-    return result
+    return _run(gm, ctx)
 
 
 def _run(gm: fx.GraphModule, ctx: PassContext) -> PassResult:

@@ -17,6 +17,7 @@ from . import cse, fold_constants, noops
 from . import flatten_linear, fuse_bn, fuse_conv, fuse_linear
 from . import fuse_attention, merge_parallel_linear, recognize_norm_act
 from . import align_gemm, bool_mask, cast_precision, fuse_add_norm, fuse_regions, layout, rotary
+from . import repair_views
 from .manager import Pass
 
 PIPELINE: list[Pass] = [
@@ -39,6 +40,8 @@ PIPELINE: list[Pass] = [
          when=lambda o: o.device.type == "cuda" and o.precision != "fp32", static_only=None),
     Pass("fuse_add_norm", fuse_add_norm.run, numerics="lowp",  # residual add + layer norm -> one kernel (CUDA, torch runtime)
          when=lambda o: o.device.type == "cuda", static_only=None),
+    Pass("repair_views", repair_views.run, numerics="exact",  # a view the layouts above made impossible reads a copy
+         static_only=None),
     Pass("layout", layout.run, numerics="lowp",  # channels-last convs where measured faster (layout.py: why lowp)
          when=lambda o: o.device.type == "cuda",
          static_only="channels-last is chosen by timing the convs at the compile shapes"),

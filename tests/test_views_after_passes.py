@@ -17,7 +17,7 @@ from hypothesis import find, given, settings
 
 from fxc import ir
 from fxc.options import CompileOptions
-from fxc.passes import PassContext, cast_precision, layout, noops
+from fxc.passes import PassContext, cast_precision, noops, repair_views
 from fxc.testing.views import chain, view_chains
 from test_pass_cast_precision import ctx_for
 
@@ -102,15 +102,15 @@ def test_cast_precision_keeps_drawn_views_valid(precision, c):
 
 @settings(max_examples=40)
 @given(c=view_chains())
-def test_a_kernel_with_another_layout_then_layout_pass_repairs_views(c):
+def test_a_kernel_with_another_layout_then_repair_views_pass(c):
     """What align_gemm or fuse_add_norm do (replace an op by one whose output strides differ,
-    metas kept true) stands for here as the CPU kernel's layout re-inferred; layout's rule 0
-    runs on every device and makes each impossible view read a copy. FP32: values exact."""
+    metas kept true) stands for here as the CPU kernel's layout re-inferred; the repair_views
+    pass runs on every device and makes each impossible view read a copy. FP32: values exact."""
     for n in c.module.graph.nodes:
         if n.op == "call_function" and n.target is not aten.view.default:
             ir.infer_node_meta(n)
     ctx = PassContext(CompileOptions(device=torch.device("cpu")), list(c.inputs))
-    result = layout.run(c.module, ctx)
+    result = repair_views.run(c.module, ctx)
     c.module.recompile()
     assert_views_valid_and_meta_true(c.module)
     assert (result.stats["views_copied"] > 0) == any(
