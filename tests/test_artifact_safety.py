@@ -204,7 +204,7 @@ def _survives_kills(compiled, tmp_path, rounds: int):
 
 
 def test_kill_during_save_leaves_a_whole_artifact(compiled, tmp_path):
-    _survives_kills(compiled, tmp_path, rounds=3)
+    _survives_kills(compiled, tmp_path, rounds=2)
 
 
 @pytest.mark.slow

@@ -65,7 +65,7 @@ def relative_error(got, want) -> float:
 
 
 @pytest.mark.parametrize("name, precision", [(n, p) for n in CASES for p in ("fp32", "fp16")
-                                             if (n, p) != ("resnet18", "fp16")])  # CI time
+                                             if p == "fp32" or n in ("bert", "mlp")])  # CI time
 def test_symbolic_pipeline_matches_eager_across_the_range(name, precision):
     model, xs = get(name, size="tiny", batch=2)
     spec = CASES[name]

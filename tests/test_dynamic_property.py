@@ -33,13 +33,13 @@ def compile_dynamic(g, backend: str):
         assume(False)
 
 
-@settings(max_examples=10)  # each example is a symbolic torch.export (~1 s under xdist)
+@settings(max_examples=6)  # each example is a symbolic torch.export (~1 s under xdist)
 @given(graphs(dtypes=FLOAT_DTYPES, max_ops=6, allow_empty=False), st.data())
 def test_sizes_inside_the_range_match_eager(g, data):
     check_sizes(g, data, "torch")
 
 
-@settings(max_examples=8)
+@settings(max_examples=5)
 @given(graphs(dtypes=(torch.float32,), max_ops=6, allow_empty=False), st.data())
 def test_sizes_inside_the_range_match_eager_on_onnxruntime(g, data):
     """FP32 only: ONNX Runtime rounds FP16 chains once more than eager (static shapes too)."""

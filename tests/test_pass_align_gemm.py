@@ -135,11 +135,11 @@ def plant_odd_linear(b, draw):
                  bias=draw(st.booleans()), module=True)
 
 
-@settings(max_examples=settings.default.max_examples,  # the ci profile: 200
+@settings(max_examples=60,  # fewer than the ci profile's 200, for CI time
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(graphs(max_ops=5, plant=[plant_odd_linear]))
 def test_generated_graphs(g):
-    gm = passkit.aten_graph(g)  # make_fx: ~20x cheaper than capture, 200 examples in CI
+    gm = passkit.aten_graph(g)  # make_fx: ~20x cheaper than capture, 60 examples in CI
     c = cuda_half_ctx(g.inputs)
     cast_precision.run(gm, c)
     gm.recompile()

@@ -80,7 +80,7 @@ def test_idempotent_and_nothing_to_do_on_a_clean_graph():
 
 
 # Capture (torch.export) dominates the cost; DCE itself is simple: 40 graphs suffice in CI.
-@settings(max_examples=40)
+@settings(max_examples=15)
 @given(graphs(max_ops=8))
 def test_generated_graphs_bitwise_equal_after_dce(g):
     cap = capture(g.module, g.inputs, {})
