@@ -44,7 +44,7 @@ class CompiledModule:
             with torch.no_grad():
                 outs = self.engine.run(flat)
         if self._guard and (bad := guard.bad_outputs(outs)):
-            raise guard.diagnose(self._model, args, kwargs, self.graph, flat, outs, bad)
+            raise guard.diagnose(self._model, args, kwargs, self.graph, flat, bad)
         return pytree.tree_unflatten(outs, self.out_spec)
 
     def report(self) -> str:

@@ -55,8 +55,8 @@ def bad_outputs(flat_outputs) -> list[int]:
         return []
     # One sum per output: inf/NaN anywhere makes it non-finite. A finite tensor can sum past
     # float32's range too, so a bad sum is only a suspicion, checked element-wise below.
-    sums = torch.stack([flat_outputs[i].sum(dtype=torch.float32) if flat_outputs[i].is_floating_point()
-                        else flat_outputs[i].abs().sum().real.float() for i in idx])
+    sums = torch.stack([(t if t.is_floating_point() else t.abs()).sum(dtype=torch.float32)
+                        for t in (flat_outputs[i] for i in idx)])
     if bool(torch.isfinite(sums).all()):  # the call's one host sync
         return []
     return [i for i in idx if not bool(torch.isfinite(flat_outputs[i]).all())]
@@ -101,7 +101,7 @@ def first_bad_node(gm: fx.GraphModule, flat_inputs: list) -> fx.Node | None:
 
 
 def diagnose(model, args: tuple, kwargs: dict, gm: fx.GraphModule, flat_inputs: list,
-             flat_outputs: list, bad: list[int]) -> FxcNumericsError:
+             bad: list[int]) -> FxcNumericsError:
     """The error for a call whose outputs `bad` are not finite (see the module docstring)."""
     which = ", ".join(f"output {i}" for i in bad)
     eager_too = False

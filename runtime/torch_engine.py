@@ -31,9 +31,8 @@ import torch.fx as fx
 from fxc import ir
 from fxc.debug import log
 from fxc.errors import FxcRuntimeError
-from fxc.passes import memory_plan as mp
-
 from fxc.dynamic import is_symbolic
+from fxc.passes import memory_plan as mp
 
 from . import cuda_graph
 from .arena import Arena
@@ -76,6 +75,7 @@ class TorchEngine:
         self.plan: mp.MemoryPlan | None = None
         self.arena: Arena | None = None
         self.cuda_graph: cuda_graph.CudaGraphRunner | None = None
+        self.bucketed: BucketedGraphs | None = None  # symbolic shapes on CUDA: a graph a bucket
         self.report_sections: list[tuple[str, list[str]]] = []
         self._build_steps(gm)
         if options is not None and getattr(options, "plan_memory", False):
@@ -190,7 +190,6 @@ class TorchEngine:
 
     def _setup_cuda(self, options, example_inputs) -> None:
         runner, status = None, "off (cuda_graphs=False)"
-        self.bucketed = None
         if getattr(options, "cuda_graphs", False) and is_symbolic(self.gm):
             capture = lambda xs: cuda_graph.try_capture(  # noqa: E731
                 self, xs, zero_copy_outputs=options.zero_copy_outputs, symbolic=True)
@@ -215,7 +214,7 @@ class TorchEngine:
                 return self.cuda_graph.run(inputs)
             if self.device is not None and self.device.type == "cuda":
                 inputs = [self.stager.to_device(i, x) for i, x in enumerate(inputs)]
-                if getattr(self, "bucketed", None) is not None:
+                if self.bucketed is not None:
                     return self.bucketed.run(inputs)
             return self.run_steps(inputs)
 

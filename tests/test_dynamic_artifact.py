@@ -8,20 +8,11 @@ import os
 
 import pytest
 import torch
-import torch.nn as nn
 from torch.export import Dim
 
 import fxc
 from fxc.artifact import MANIFEST, MANIFEST_HASH, manifest_digest
-
-
-class Pair(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(6, 6)
-
-    def forward(self, x, y):
-        return self.fc(x).softmax(1) + y
+from test_dynamic_shapes import Pair  # tests/ is on sys.path, as for passkit
 
 
 @pytest.fixture(scope="module")
