@@ -7,11 +7,19 @@ max=...)}` (or `Dim.AUTO`, `Dim.DYNAMIC`), as a tuple by position or a dict keye
 Export turns every free axis into a symbol (`s33`) with a value range; `input_dims` reads
 them back off the captured graph's placeholders, so the compiled module knows, per tensor
 input and axis, either a fixed size (None) or a `DimRange`. Axes that share a symbol must be
-equal at run time (runtime/inputs.py checks both before any kernel runs).
+equal at run time, and an axis of a derived Dim (`2 * seq`, `seq + 1`: export allows increasing
+linear forms of one Dim) must be that form of the value its root takes elsewhere
+(runtime/inputs.py checks all of it before any kernel runs).
+
+Lower bounds are torch.export's own: a named `Dim("b", max=N)` has min 0 (Dim's default), and
+export's range_constraints say [0, N]; Dim hints (`Dim.AUTO`, `Dim.DYNAMIC(max=N)`) get [2, N],
+the range export traced them for. Either way the range the checker enforces is the one
+range_constraints records, never a guess of fxc's.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from typing import Any
 
@@ -41,6 +49,42 @@ class DimRange:
 
     def to_json(self) -> dict:
         return {"symbol": self.symbol, "name": self.name, "low": self.low, "high": self.high}
+
+    def form(self) -> tuple[str, int, int] | None:
+        """(root symbol, a, b) when this axis is a*root + b (a >= 1), else None."""
+        return linear_form(self.symbol)
+
+    def root_value(self, n: int) -> int | None:
+        """The root symbol's value that makes this axis size n; None if no integer does (an
+        odd size for `2*s`). An axis of no linear form is its own root (n itself)."""
+        form = self.form()
+        if form is None:
+            return n
+        _, a, b = form
+        return (n - b) // a if (n - b) % a == 0 else None
+
+
+@functools.lru_cache(maxsize=1024)
+def linear_form(symbol: str) -> tuple[str, int, int] | None:
+    """`symbol` (an axis' size expression as export writes it: 's77', '2*s77', 's77 + 1') as
+    (root symbol, a, b) with size = a*root + b and a >= 1; None for any other expression."""
+    import sympy
+    try:
+        expr = sympy.sympify(symbol)
+    except (sympy.SympifyError, TypeError, ValueError, SyntaxError):
+        return None
+    free = sorted(expr.free_symbols, key=str)
+    if len(free) != 1:
+        return None
+    root = free[0]
+    try:
+        poly = sympy.Poly(expr, root)
+    except sympy.PolynomialError:
+        return None
+    if poly.degree() != 1 or not all(c.is_Integer for c in poly.all_coeffs()):
+        return None
+    a, b = (int(c) for c in poly.all_coeffs())
+    return (str(root), a, b) if a >= 1 else None
 
 
 def is_symbolic(gm: fx.GraphModule) -> bool:

@@ -3,8 +3,8 @@
 Invariant: `flatten` returns the tensor leaves in graph-placeholder order, or raises
 FxcInputError (naming the input, the axis, what was expected and what came) before any
 kernel runs. Shapes must match the compile shapes exactly, except (1) an axis compiled as a
-range (`InputSpec.dims`, from `dynamic_shapes=`): any size in its range, equal to every other
-axis of the same symbol; (2) when the engine runs a dynamic batch (`DynamicBatch`), dim 0 of
+range (`InputSpec.dims`, from `dynamic_shapes=`): any size in its range that agrees with every
+other axis of the same root symbol (equal for the same Dim; a*root + b for a derived one); (2) when the engine runs a dynamic batch (`DynamicBatch`), dim 0 of
 the inputs the lowered model made symbolic: any size in the engine's range, the same for all.
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ class InputChecker:
             if spec != self.in_spec:
                 raise FxcInputError(self._structure_message(leaves, spec))
         tensors, first = [], None  # first: (name, size) of the first batched input
-        bound: dict[str, tuple[str, int, int]] = {}  # symbol -> (input, axis, size) seen first
+        bound: dict[str, tuple] = {}  # root symbol -> its first axis seen (_check_relation)
         for spec, leaf, batched in zip(self.specs, leaves, self.batched):
             if spec.is_tensor and spec.dynamic:
                 _check_ranged(spec, leaf, bound)
@@ -116,8 +116,9 @@ def _check_tensor(spec: InputSpec, x, batch: DynamicBatch | None = None) -> None
 
 
 def _check_ranged(spec: InputSpec, x, bound: dict) -> None:
-    """An input with ranged axes: fixed axes exact, ranged ones inside their range and equal
-    to the first axis of the same symbol (`bound`, filled as inputs are checked)."""
+    """An input with ranged axes: fixed axes exact, ranged ones inside their range and agreeing
+    with every other axis of the same root symbol (`bound`: root -> (input, axis, size, root
+    value, DimRange) of the first axis seen, filled as inputs are checked)."""
     if not isinstance(x, torch.Tensor):
         raise FxcInputError(f"input '{spec.name}': expected a tensor, got {type(x).__name__}")
     if x.dtype != spec.dtype:
@@ -136,13 +137,34 @@ def _check_ranged(spec: InputSpec, x, bound: dict) -> None:
             raise FxcInputError(f"input '{spec.name}': axis {axis} ({dim.name}) expected a size "
                                 f"in {dim.describe()}, got {n} (shape {tuple(x.shape)}); the "
                                 f"module was compiled for that range")
-        other = bound.setdefault(dim.symbol, (spec.name, axis, n))
-        if other[2] != n:
-            raise FxcInputError(f"input '{spec.name}': axis {axis} ({dim.name}) must equal "
-                                f"axis {other[1]} of input '{other[0]}' (size {other[2]}), "
-                                f"got {n}")
+        _check_relation(spec.name, axis, n, dim, bound)
     if x.device != spec.device:
         raise FxcInputError(f"input '{spec.name}': expected device {spec.device}, got {x.device}")
+
+
+def _check_relation(name: str, axis: int, n: int, dim, bound: dict) -> None:
+    """Axes of one Dim (or of forms of it: `2*s`, `s + 1`) must agree on its value."""
+    form = dim.form()
+    root = form[0] if form is not None else dim.symbol
+    value = dim.root_value(n)
+    if value is None:
+        raise FxcInputError(f"input '{name}': axis {axis} ({dim.name}) expected a size of the "
+                            f"form {dim.name} (in {dim.describe()}), got {n}")
+    first = bound.setdefault(root, (name, axis, n, value, dim))
+    o_name, o_axis, o_n, o_value, o_dim = first
+    if o_value == value:
+        return
+    if dim.symbol == o_dim.symbol:
+        raise FxcInputError(f"input '{name}': axis {axis} ({dim.name}) must equal axis {o_axis} "
+                            f"of input '{o_name}' (size {o_n}), got {n}")
+    _, a, b = form
+    if o_dim.form() == (root, 1, 0):  # the other axis is the root Dim itself
+        told = f"is {o_dim.name} = {o_n}"
+    else:
+        label = dim.name if form == (root, 1, 0) else root
+        told = f"({o_dim.name}) is {o_n}, so {label} = {o_value}"
+    raise FxcInputError(f"input '{name}': axis {axis} ({dim.name}) expected size "
+                        f"{a * o_value + b}, got {n} (axis {o_axis} of input '{o_name}' {told})")
 
 
 def _ranged_text(spec: InputSpec) -> str:

@@ -128,3 +128,43 @@ def test_report_names_the_passes_symbolic_shapes_skip():
     text = compiled.report()
     assert "Dynamic shapes" in text and "input 'x': (batch: 0..64, 8)" in text
     assert "passes skipped on symbolic shapes:" in text
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_a_dim_with_only_a_max_starts_where_export_says(backend):
+    """torch.export.Dim's min defaults to 0 and export's range_constraints say [0, max]; the
+    compiled module takes the same range (sizes 0 and 1 included) and names it when refusing."""
+    model, x, b = Mlp().eval(), torch.randn(3, 8), Dim("b", max=8)
+    ep = torch.export.export(model, (x,), dynamic_shapes=({0: b},), strict=False)
+    (vr,) = ep.range_constraints.values()
+    compiled = fxc.compile(model, (x,), backend=backend, dynamic_shapes=({0: b},))
+    d = compiled.checker.specs[0].dims[0]
+    assert (d.low, d.high) == (int(vr.lower), int(vr.upper)) == (0, 8)
+    for n in (0, 1, 8):
+        xs = (torch.randn(n, 8),)
+        assert_matches_eager(model, compiled(*xs), xs)
+    with pytest.raises(fxc.FxcInputError, match=r"input 'x': axis 0 \(b\) expected a size in "
+                                                r"0\.\.8, got 9"):
+        compiled(torch.randn(9, 8))
+
+
+class Doubled(nn.Module):
+    def forward(self, x, y):
+        return torch.cat([x, x], 0) + y
+
+
+def test_a_derived_dim_must_agree_with_its_root_in_another_input():
+    """y's axis 0 is 2*s where x's is s: a call where they disagree, or where y's size is no
+    2*s at all, is refused naming both inputs and axes (it used to reach the kernel)."""
+    s = Dim("s", min=2, max=8)
+    xs = (torch.randn(3, 4), torch.randn(6, 4))
+    compiled = fxc.compile(Doubled(), xs, backend="torch", dynamic_shapes=({0: s}, {0: 2 * s}))
+    for n in (2, 5, 8):
+        ys = (torch.randn(n, 4), torch.randn(2 * n, 4))
+        assert_matches_eager(Doubled(), compiled(*ys), ys)
+    with pytest.raises(fxc.FxcInputError, match=r"input 'y': axis 0 \(2\*s\) expected size 10, "
+                                                r"got 12 \(axis 0 of input 'x' is s = 5\)"):
+        compiled(torch.randn(5, 4), torch.randn(12, 4))
+    with pytest.raises(fxc.FxcInputError, match=r"input 'y': axis 0 \(2\*s\) expected a size of "
+                                                r"the form 2\*s \(in 4\.\.16\), got 11"):
+        compiled(torch.randn(5, 4), torch.randn(11, 4))
