@@ -12,7 +12,7 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
-from . import backends, guard, ir
+from . import backends, dynamic, guard, ir
 from .capture import capture, normalize_inputs
 from .dump import StageDumper
 from .errors import FxcOptionError
@@ -92,10 +92,13 @@ def compile(model: torch.nn.Module, example_inputs, *, device=None, precision: s
     of backends.AUTO_ORDER that can take the graph, falling back to 'torch', and says why in
     the report; a named backend raises instead); verify: check every pass numerically;
     dump_dir: write each stage there; disable_passes: pass names to skip.
-    dynamic_batch=True (onnxruntime, tensorrt): calls may use any batch size on dim 0.
     dynamic_shapes: ranges in torch.export's format, per input `{axis: Dim("name", min=...,
     max=...)}` (or Dim.AUTO), a tuple by position or a dict by forward's parameter names:
-    one compile runs every size in the ranges; a size outside them is an FxcInputError.
+    one compile runs every size in the ranges, on every backend; a size outside them is an
+    FxcInputError. dynamic_batch=True is its shorthand for axis 0 of every tensor input, one
+    Dim "batch" in 1..32 (or 1..the example's batch, if larger; dynamic_batch=N: 1..N); it
+    may be combined with dynamic_shapes for the other axes (declaring axis 0 in both is an
+    FxcOptionError). The example inputs' batch must be >= 2 (export fixes sizes 0 and 1).
     """
     t_start = time.perf_counter()
     args, kwargs = normalize_inputs(example_inputs)
@@ -153,7 +156,10 @@ def _compile(model, args, kwargs, t_start, *, device, precision, backend, verify
     model, args, kwargs = _to_device(model, args, kwargs, opts.device)
 
     t0 = time.perf_counter()
-    captured = capture(model, args, kwargs, opts.dynamic_shapes)
+    shapes = opts.dynamic_shapes
+    if opts.dynamic_batch:  # the shorthand: axis 0 of every tensor input one Dim "batch"
+        shapes = dynamic.with_batch(model, args, kwargs, shapes, opts.dynamic_batch)
+    captured = capture(model, args, kwargs, shapes)
     gm = captured.gm
     capture_ms = (time.perf_counter() - t0) * 1e3
     captured_nodes = ir.count_compute(gm)

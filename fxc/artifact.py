@@ -63,7 +63,7 @@ def save(compiled, directory: str) -> str:
     if lowered is None:  # the torch backend: lower its final graph for deployment
         warnings.warn("the torch backend has no artifact format of its own: saving the final "
                       "graph as ONNX, which fxc.load runs on ONNX Runtime", stacklevel=3)
-        lowered = to_onnx(compiled.graph, opset=opts.opset, dynamic_batch=opts.dynamic_batch)
+        lowered = to_onnx(compiled.graph, opset=opts.opset)  # ranges (and dynamic_batch): symbolic
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.saving-", dir=parent)

@@ -5,8 +5,8 @@ An engine is any object with `name` and `run(list_of_tensors) -> list_of_outputs
 `build` is the one entry point: a named backend builds or raises (never a silent fallback
 when the user named it); `auto` walks AUTO_ORDER[device type], skipping a backend that is
 not available here or cannot honour an option the user set, and falling through to the next
-when one cannot take this graph (an op it has no converter or kernel for, a dynamic-batch
-refusal, a dtype its runtime cannot hold). Every backend passed over is noted, with why, for
+when one cannot take this graph (an op it has no converter or kernel for, a converter that
+cannot keep a symbolic size, a dtype its runtime cannot hold). Every backend passed over is noted, with why, for
 the compile report.
 """
 from __future__ import annotations
@@ -141,23 +141,12 @@ def summary(e: BaseException, limit: int = 240) -> str:
 
 def _torch_build(gm, options, example_inputs):
     from fxc.runtime import TorchEngine
-    why = _torch_refuses(options)
-    if why:
-        raise FxcOptionError(why)
     return TorchEngine(gm, options, example_inputs)  # plans memory, captures a CUDA graph
 
 
-def _torch_refuses(options) -> str | None:
-    """The torch runtime plans buffers (and captures a CUDA graph) for the compile shapes, and
-    its graph bakes those shapes into reshapes: it runs the compile batch only."""
-    if options.dynamic_batch:
-        return ("dynamic_batch=True: the torch backend runs the compile-time batch size only "
-                "(its memory plan and graph are for those shapes); use backend='onnxruntime' "
-                "(CPU or CUDA) or backend='tensorrt' (CUDA), or compile once per batch size")
-    return None
-
-
-register(Backend("torch", _torch_build, lambda options: None, _torch_refuses))
+# dynamic_batch=True needs no refusal here: it is a dynamic_shapes shorthand (fxc/dynamic.py),
+# so every backend gets a graph that is symbolic in the batch and runs it like any other range.
+register(Backend("torch", _torch_build, lambda options: None))
 
 # Options that tune fxc's own runtime (runtime/torch_engine.py) and that ONNX Runtime has no
 # counterpart for: set away from its default, one says the user wants that runtime.
@@ -177,8 +166,7 @@ def _torch_runtime_option_set(options) -> str | None:
 def _onnxruntime_build(gm, options, example_inputs):
     from fxc.lowering import to_onnx
     from fxc.runtime.ort_engine import OrtEngine
-    lowered = to_onnx(gm, opset=options.opset, dynamic_batch=options.dynamic_batch,
-                      backend="onnxruntime")
+    lowered = to_onnx(gm, opset=options.opset, backend="onnxruntime")  # symbolic dims: gm's own
     return OrtEngine(lowered, options.device, options.ort_threads,
                      external_threshold=options.external_data_threshold)
 

@@ -103,26 +103,109 @@ def for_export(model, args: tuple, kwargs: dict, dynamic_shapes) -> tuple[Any, d
     (the varargs as one tuple); a dict is keyed by parameter name, as export's is."""
     if dynamic_shapes is None:
         return None, {}
+    per_arg, per_kw = _per_input(model, args, kwargs, dynamic_shapes)
+    names_of = _leaf_dim_names((tuple(args), kwargs), (tuple(per_arg), per_kw))
+    return _export_layout(model, args, per_arg, per_kw), names_of
+
+
+def _per_input(model, args: tuple, kwargs: dict, dynamic_shapes) -> tuple[list, dict]:
+    """The user's dynamic_shapes as (one entry per positional arg, {kwarg: entry})."""
     names = _param_names(model)
     if isinstance(dynamic_shapes, dict):
         unknown = set(dynamic_shapes) - set(names or ()) - set(kwargs)
         if names is not None and unknown:
             raise FxcOptionError(f"dynamic_shapes: {sorted(unknown)} name no parameter of "
                                  f"forward (parameters: {names})")
-        per_arg = [dynamic_shapes.get(n) for n in (names or [])[:len(args)]]
-        per_kw = {k: dynamic_shapes.get(k) for k in kwargs}
-    elif isinstance(dynamic_shapes, (tuple, list)):
+        return ([dynamic_shapes.get(n) for n in (names or [])[:len(args)]],
+                {k: dynamic_shapes.get(k) for k in kwargs})
+    if isinstance(dynamic_shapes, (tuple, list)):
         if len(dynamic_shapes) != len(args) + len(kwargs):
             raise FxcOptionError(f"dynamic_shapes: {len(dynamic_shapes)} entries for "
                                  f"{len(args) + len(kwargs)} inputs; give one per input "
                                  f"(None for an input with no dynamic axis)")
-        per_arg = list(dynamic_shapes[:len(args)])
-        per_kw = dict(zip(kwargs, dynamic_shapes[len(args):]))
-    else:
-        raise FxcOptionError(f"dynamic_shapes={type(dynamic_shapes).__name__}: expected a tuple "
-                             f"(one entry per input) or a dict keyed by forward's parameters")
-    names_of = _leaf_dim_names((tuple(args), kwargs), (tuple(per_arg), per_kw))
-    return _export_layout(model, args, per_arg, per_kw), names_of
+        return list(dynamic_shapes[:len(args)]), dict(zip(kwargs, dynamic_shapes[len(args):]))
+    raise FxcOptionError(f"dynamic_shapes={type(dynamic_shapes).__name__}: expected a tuple "
+                         f"(one entry per input) or a dict keyed by forward's parameters")
+
+
+# dynamic_batch=True: batch sizes 1..max(DEFAULT_MAX_BATCH, the example's batch). The max is
+# what the memory plan sizes the arena for and TensorRT's profile ends at; dynamic_batch=N
+# (an int >= 2) declares 1..N instead.
+DEFAULT_MAX_BATCH = 32
+
+
+def with_batch(model, args: tuple, kwargs: dict, dynamic_shapes, dynamic_batch) -> tuple:
+    """`dynamic_batch` as torch.export's format: axis 0 of every tensor input of rank >= 1 is
+    one `Dim("batch", min=1, max=...)`, merged with the user's `dynamic_shapes` (which may
+    declare other axes, never axis 0: that is FxcOptionError naming both keywords). The
+    result is a tuple, one entry per input, as `for_export` takes it."""
+    per_arg, per_kw = (_per_input(model, args, kwargs, dynamic_shapes)
+                       if dynamic_shapes is not None else ([None] * len(args), dict.fromkeys(kwargs)))
+    names = (_param_names(model) or [])[:len(args)]
+    inputs = [(names[i] if i < len(names) else f"args[{i}]", x, spec)
+              for i, (x, spec) in enumerate(zip(args, per_arg))]
+    inputs += [(k, kwargs[k], per_kw[k]) for k in kwargs]
+    sizes: dict[str, int] = {}  # input leaf -> its example batch
+    for name, x, _ in inputs:
+        _batch_sizes(name, x, sizes)
+    if not sizes:
+        raise FxcOptionError("dynamic_batch=True: no tensor input has an axis 0 to make the batch")
+    if len(set(sizes.values())) > 1:
+        shown = ", ".join(f"{k}: {n}" for k, n in sizes.items())
+        raise FxcOptionError(f"dynamic_batch=True makes axis 0 of every tensor input one batch, "
+                             f"but the example inputs disagree on it ({shown}); declare the "
+                             f"batched axes with dynamic_shapes= instead")
+    example = next(iter(sizes.values()))
+    if example < 2:
+        raise FxcOptionError(f"dynamic_batch=True: the example inputs have batch {example}, and "
+                             f"torch.export fixes an axis whose example size is 0 or 1; give "
+                             f"examples with batch >= 2 (the module then runs every batch in range)")
+    high = max(DEFAULT_MAX_BATCH, example) if dynamic_batch is True else int(dynamic_batch)
+    if high < example:
+        raise FxcOptionError(f"dynamic_batch={dynamic_batch}: the largest batch is below the "
+                             f"example inputs' batch ({example})")
+    batch = torch.export.Dim("batch", min=1, max=high)
+    return tuple(_add_batch(name, x, spec, batch) for name, x, spec in inputs)
+
+
+def _batch_sizes(name: str, x, sizes: dict) -> None:
+    if isinstance(x, torch.Tensor):
+        if x.dim():
+            sizes[name] = int(x.shape[0])
+    elif isinstance(x, (tuple, list)):
+        for i, y in enumerate(x):
+            _batch_sizes(f"{name}[{i}]", y, sizes)
+    elif isinstance(x, dict):
+        for k, y in x.items():
+            _batch_sizes(f"{name}[{k!r}]", y, sizes)
+
+
+def _add_batch(name: str, x, spec, batch):
+    """`spec` (this input's part of dynamic_shapes) with axis 0 of each tensor leaf `batch`."""
+    if isinstance(x, torch.Tensor):
+        if not x.dim():
+            return spec
+        if spec is None:
+            return {0: batch}
+        axes = dict(spec) if isinstance(spec, dict) else dict(enumerate(spec))
+        if axes.get(0) is not None:
+            raise FxcOptionError(f"dynamic_batch=True and dynamic_shapes= both declare axis 0 of "
+                                 f"input '{name}' ({axes[0]!r}): dynamic_batch makes axis 0 of "
+                                 f"every tensor input the batch; drop one of the two, or declare "
+                                 f"the other axes only in dynamic_shapes")
+        axes[0] = batch
+        return axes
+    if isinstance(x, (tuple, list)):
+        specs = spec if isinstance(spec, (tuple, list)) else [None] * len(x)
+        out = [_add_batch(f"{name}[{i}]", y, s, batch) for i, (y, s) in enumerate(zip(x, specs))]
+        return out if isinstance(x, list) else tuple(out)
+    if isinstance(x, dict):
+        specs = spec if isinstance(spec, dict) else {}
+        return {k: _add_batch(f"{name}[{k!r}]", y, specs.get(k), batch) for k, y in x.items()}
+    if any(isinstance(y, torch.Tensor) for y in pytree.tree_leaves(x)):
+        raise FxcOptionError(f"dynamic_batch=True: input '{name}' is a {type(x).__name__} holding "
+                             f"tensors; declare its batch axes with dynamic_shapes= instead")
+    return spec
 
 
 def _param_names(model) -> list[str] | None:

@@ -50,7 +50,9 @@ class CompileOptions:
     host_inputs: bool = False         # a CUDA module takes CPU inputs (staged through pinned buffers)
     # ONNX lowering and its backends (lowering/, runtime/ort_engine.py, runtime/trt_engine.py):
     opset: int = 17                   # 17..20; 17 is the first with LayerNormalization (TensorRT 10: 9..24)
-    dynamic_batch: bool = False       # dim 0 of inputs/outputs symbolic where provably batch-agnostic
+    # Shorthand for dynamic_shapes (fxc/dynamic.py with_batch): axis 0 of every tensor input is
+    # one Dim 'batch' in 1..max(32, the example's batch); an int N >= 2 says 1..N.
+    dynamic_batch: bool | int = False
     # Shapes as ranges (fxc/dynamic.py): torch.export's dynamic_shapes, read by capture only.
     dynamic_shapes: Any = dataclasses.field(default=None, compare=False, hash=False)
     # CUDA graphs of a symbolic graph (runtime/buckets.py): one per bucket of sizes, captured on
@@ -60,7 +62,7 @@ class CompileOptions:
     external_data_threshold: int = 2_000_000_000  # ONNX bytes over which tensors go to model.onnx.data
     ort_threads: int = 0              # ONNX Runtime intra-op threads; 0: the physical cores
     trt_cache_dir: str | None = None  # TensorRT engine + timing cache dir (None: ~/.cache/fxc/tensorrt)
-    trt_max_batch: int = 32           # dynamic batch: the TensorRT profile's largest batch
+    trt_max_batch: int = 32           # TensorRT profile's largest size for an axis declared without a max
 
     @property
     def dtype(self) -> torch.dtype:
@@ -105,13 +107,18 @@ def resolve(*, device, precision, backend, verify, dump_dir, disable_passes, def
 
 
 def _check_dynamic(extra: dict) -> None:
-    """shape_buckets: positive sizes (kept sorted, as a tuple); max_cuda_graphs >= 1."""
+    """shape_buckets: positive sizes (kept sorted, as a tuple); max_cuda_graphs >= 1;
+    dynamic_batch: a bool or the largest batch."""
     buckets = extra.get("shape_buckets")
     if buckets is not None:
         if isinstance(buckets, int) or not all(isinstance(b, int) and b > 0 for b in buckets) \
                 or not len(buckets):
             raise FxcOptionError(f"shape_buckets={buckets!r}: expected a list of positive sizes")
         extra["shape_buckets"] = tuple(sorted(set(buckets)))
+    batch = extra.get("dynamic_batch", False)
+    if not (isinstance(batch, bool) or isinstance(batch, int) and batch >= 2):
+        raise FxcOptionError(f"dynamic_batch={batch!r}: expected True (batch 1..32, or up to the "
+                             f"example's batch if larger), False, or the largest batch (an int >= 2)")
     n = extra.get("max_cuda_graphs", 1)
     if not isinstance(n, int) or n < 1:
         raise FxcOptionError(f"max_cuda_graphs={n!r}: expected an int >= 1")

@@ -40,8 +40,7 @@ def build(gm, options, example_inputs) -> "TrtEngine":
     why = unavailable(options.device)
     if why:
         raise FxcBackendUnavailableError(f"backend 'tensorrt': {why}")
-    lowered = to_onnx(gm, opset=options.opset, dynamic_batch=options.dynamic_batch,
-                      backend="tensorrt")
+    lowered = to_onnx(gm, opset=options.opset, backend="tensorrt")  # dynamic_batch: symbolic gm
     data = build_engine(lowered, options, options.device.index or 0)
     return TrtEngine(data, lowered, options.device, zero_copy=options.zero_copy_outputs)
 
