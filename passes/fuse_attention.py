@@ -62,6 +62,7 @@ import torch.fx as fx
 
 from fxc import ir
 
+from . import sdpa_views
 from .manager import PassContext, PassResult
 from .rewrite import Refuse, Rule, is_op, run_rules
 
@@ -81,8 +82,15 @@ _MAX_STEPS = 8  # masks and views between the scores and the softmax
 def run(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     result = run_rules(gm, [Rule("attention", match, apply),
                             Rule("sdpa", match_sdpa, apply_sdpa)], ctx)
+    # which kernel runs each SDPA may have changed: views of its output must hold for any
+    reshaped = sdpa_views.fix(gm)
+    if reshaped:
+        result.notes.append(f"{len(reshaped)} view(s) of an SDPA output became reshape: their "
+                            f"input's layout depends on the attention kernel ({', '.join(reshaped[:3])})")
     result.stats = {"sdpa": sum(1 for n in gm.graph.nodes
                                 if is_op(n, aten.scaled_dot_product_attention.default))}
+    if reshaped:
+        result.stats["sdpa_views_reshaped"] = len(reshaped)
     return result
 
 

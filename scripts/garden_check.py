@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import gc
 import time
+import traceback
 
 import torch
 
@@ -76,6 +77,7 @@ def main() -> int:
     p.add_argument("--seq", type=int, help="sequence length of text models (default 16/128)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tol", type=float, help="relative error limit (default: per precision)")
+    p.add_argument("--traceback", action="store_true", help="print a failing model's traceback")
     args = p.parse_args()
     names = args.names or garden.names(args.source)
     unknown = [n for n in names if n not in garden.GARDEN]
@@ -96,6 +98,8 @@ def main() -> int:
             failed.append(name)
             first = str(e).splitlines()[0] if str(e) else ""
             print(f"{name:<30} ERROR {type(e).__name__}: {first[:160]}", flush=True)
+            if args.traceback:
+                traceback.print_exc()
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -565,7 +565,8 @@ TRANSFORMER_PASSES = ("recognize_norm_act", "fuse_attention", "merge_parallel_li
 ZOO_TINY = {
     "gpt2": {"recognize_norm_act": {"gelu_tanh": 2}, "fuse_attention": {"sdpa": 2},
              "merge_parallel_linear": {"groups": 0, "linears": 0}},
-    "vit": {"recognize_norm_act": {}, "fuse_attention": {"sdpa": 2},  # its own 2 SDPA, none new
+    # its own 2 SDPA, none new; their merge-heads views hold for one kernel's layout only
+    "vit": {"recognize_norm_act": {}, "fuse_attention": {"sdpa": 2, "sdpa_views_reshaped": 2},
             "merge_parallel_linear": {"groups": 0, "linears": 0}},
 }
 ZOO_BASE = {
