@@ -141,6 +141,7 @@ def summary(e: BaseException, limit: int = 240) -> str:
 
 def _torch_build(gm, options, example_inputs):
     from fxc.runtime import TorchEngine
+    _check_precision(options, "torch")
     return TorchEngine(gm, options, example_inputs)  # plans memory, captures a CUDA graph
 
 
@@ -163,12 +164,26 @@ def _torch_runtime_option_set(options) -> str | None:
     return None
 
 
+def _check_precision(options, backend: str) -> None:
+    from fxc.quant import refuses
+    why = refuses(options, backend)
+    if why:
+        raise FxcOptionError(why)
+
+
 def _onnxruntime_build(gm, options, example_inputs):
     from fxc.lowering import to_onnx
     from fxc.runtime.ort_engine import OrtEngine
+    _check_precision(options, "onnxruntime")
     lowered = to_onnx(gm, opset=options.opset, backend="onnxruntime")  # symbolic dims: gm's own
-    return OrtEngine(lowered, options.device, options.ort_threads,
-                     external_threshold=options.external_data_threshold)
+    sections = []
+    if options.precision == "int8":  # fxc/quant: calibrate, choose the int8 layers, write QDQ
+        from fxc.quant import quantize
+        lowered, sections = quantize(lowered, options, gm.meta.get("calibration"))
+    engine = OrtEngine(lowered, options.device, options.ort_threads,
+                       external_threshold=options.external_data_threshold)
+    engine.report_sections = sections
+    return engine
 
 
 def _onnxruntime_available(options):
@@ -178,6 +193,7 @@ def _onnxruntime_available(options):
 
 def _tensorrt_build(gm, options, example_inputs):
     from fxc.runtime.trt_engine import build
+    _check_precision(options, "tensorrt")
     return build(gm, options, example_inputs)
 
 

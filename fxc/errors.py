@@ -31,6 +31,10 @@ class FxcOptionError(FxcError, ValueError):
     """A compile option has a value fxc does not accept."""
 
 
+class FxcCalibrationError(FxcInputError):
+    """precision='int8': a calibration batch does not fit the compiled inputs (names which)."""
+
+
 class FxcPassError(FxcError):
     """A pass failed or broke the graph; names the pass and, where known, the node."""
 

@@ -9,7 +9,9 @@ import torch
 from . import debug
 from .errors import FxcOptionError
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# int8: the fx passes run in float32; the lowered ONNX model is quantized (fxc/quant).
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+              "int8": torch.float32}
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 
 
@@ -62,6 +64,12 @@ class CompileOptions:
     external_data_threshold: int = 2_000_000_000  # ONNX bytes over which tensors go to model.onnx.data
     ort_threads: int = 0              # ONNX Runtime intra-op threads; 0: the physical cores
     trt_cache_dir: str | None = None  # TensorRT engine + timing cache dir (None: ~/.cache/fxc/tensorrt)
+    # precision='int8' (fxc/quant): batches like the example inputs, to measure ranges on;
+    # 'minmax' (None), 'percentile' or 'entropy'; a layer whose own int8 error (relative norm,
+    # first batch) is over int8_tolerance (None: 0.05) stays FP32.
+    calibration: Any = dataclasses.field(default=None, compare=False, hash=False, repr=False)
+    calibration_method: str | None = None
+    int8_tolerance: float | None = None
     trt_max_batch: int = 32           # TensorRT profile's largest size for an axis declared without a max
 
     @property
@@ -91,6 +99,8 @@ def resolve(*, device, precision, backend, verify, dump_dir, disable_passes, def
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
     _check_dynamic(extra)
+    from .quant import check_options
+    check_options(precision, dev, extra)
     if isinstance(disable_passes, str):
         disable_passes = (disable_passes,)
     fields = {f.name for f in dataclasses.fields(CompileOptions)}

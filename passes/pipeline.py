@@ -33,7 +33,7 @@ PIPELINE: list[Pass] = [
     Pass("fuse_linear", fuse_linear.run, numerics="reassoc", static_only=None),  # linear + bias + relu/gelu -> fxc::linear_act
     Pass("flatten_linear", flatten_linear.run, numerics="reassoc", static_only=None),  # N-D linear -> 2-D GEMM: bias in the epilogue when planned
     Pass("cast_precision", cast_precision.run, numerics="lowp",  # fp16/bf16 compute, sensitive ops in fp32
-         when=lambda o: o.precision != "fp32", static_only=None),
+         when=lambda o: o.precision in ("fp16", "bf16"), static_only=None),
     Pass("bool_mask", bool_mask.run, numerics="exact",  # a run-time bool attention mask -> float once, not per SDPA call
          static_only=None),
     Pass("align_gemm", align_gemm.run, numerics="lowp",  # pad half GEMMs' N to x8 for tensor cores (gpt2's LM head)
