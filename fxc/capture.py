@@ -115,8 +115,10 @@ def capture(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_shapes=No
     specs = _input_specs(model, args, kwargs)
     if dynamic_shapes is not None:
         specs = _with_dims(specs, dynamic.input_dims(gm, ep.range_constraints, dim_names))
-        # export's ranges, for later stages (its shape env keeps backed sizes >= 2 internally)
-        gm.meta["dim_ranges"] = {d.symbol: (d.low, d.high) for s in specs for d in s.dims if d}
+        # export's ranges, for later stages (its shape env keeps backed sizes >= 2 internally):
+        # every input axis' expression, and every root symbol (derived Dims' roots included)
+        gm.meta["dim_ranges"] = {**dynamic.root_ranges(ep.range_constraints),
+                                 **{d.symbol: (d.low, d.high) for s in specs for d in s.dims if d}}
     return Captured(gm=gm, in_spec=ep.call_spec.in_spec, out_spec=ep.call_spec.out_spec,
                     inputs=specs, eager_out=eager_out, layout=_layout(model, args, kwargs))
 

@@ -280,6 +280,44 @@ def input_dims(gm: fx.GraphModule, ranges: dict, names: dict[tuple[int, int], st
     return out
 
 
+def input_symbols(gm: fx.GraphModule) -> dict[str, tuple[int, int, int, int]]:
+    """root symbol -> (placeholder index, axis, a, b): the first input axis whose size is
+    a*root + b, so a call's inputs give each root's value as (size - b) // a."""
+    where: dict[str, tuple[int, int, int, int]] = {}
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for k, node in enumerate(placeholders):
+        val = node.meta.get("val")
+        for axis, size in enumerate(val.shape if isinstance(val, torch.Tensor) else ()):
+            form = linear_form(str(size.node.expr)) if isinstance(size, torch.SymInt) else None
+            if form is not None and form[0] not in where:
+                where[form[0]] = (k, axis, form[1], form[2])
+    return where
+
+
+def root_ranges(range_constraints: dict) -> dict[str, tuple[int, int | None]]:
+    """symbol name -> (low, high) of export's range_constraints, for plain symbols only (a
+    derived Dim's root is there even when no input axis is the root itself)."""
+    out = {}
+    for expr, vr in range_constraints.items():
+        if getattr(expr, "is_Symbol", False):
+            low = range_end(vr.lower)
+            out[str(expr)] = (low if low is not None else 0, range_end(vr.upper))
+    return out
+
+
+def int_function(exprs: list, names: list[str]):
+    """`exprs` (sympy, over the symbols named `names`) as one Python function of those symbols'
+    values returning their ints, printed once by torch's own PythonPrinter (FloorDiv as //,
+    Max as max): a call costs about a microsecond, where sympy's subs costs tens."""
+    import sympy
+    from torch.utils._sympy.printers import PythonPrinter
+    symbols = [sympy.Symbol(n, integer=True) for n in names]
+    rename = {s: sympy.Symbol(str(s), integer=True) for e in exprs for s in e.free_symbols}
+    exprs = [e.xreplace(rename) for e in exprs]  # one Symbol per name, whatever its assumptions
+    return sympy.lambdify(symbols, exprs, modules=[{"max": max, "min": min}, "math"],
+                          printer=PythonPrinter())
+
+
 def _range(size: torch.SymInt, ranges: dict, name: str | None) -> DimRange:
     from torch.utils._sympy.value_ranges import bound_sympy
     expr = size.node.expr

@@ -12,6 +12,14 @@ Invariant of a plan (checked by `MemoryPlan.verify`): two planned tensors whose 
 tensor is a graph input or constant, or aliased by a returned output (unless the user asked
 for `zero_copy_outputs`).
 
+Symbolic shapes (a graph compiled for ranges, fxc/dynamic.py): a tensor whose size depends on
+symbols is planned at the most bytes it can span over the declared ranges (`ranges`: root
+symbol -> (low, high)), an upper bound from interval arithmetic over its size expression
+(torch's bound_sympy), so its slot holds it at every size in range; `verify()` checks that at
+both ends. One whose symbols have no declared maximum (or that no input carries) stays with
+the allocator, the reason in `unplanned`. The engine makes its arena view per call, at the
+call's sizes (runtime/torch_engine.py).
+
 Live ranges are alias-aware: a view (any return whose schema carries alias info: view,
 permute, expand, slice, split outputs, in-place results, ...) keeps its base alive as long as
 the view lives, so a tensor's range ends at the last use of any of its aliases.
@@ -22,9 +30,10 @@ the tensors; 'best' keeps the order that gives the smallest arena.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import operator
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.fx as fx
@@ -60,6 +69,9 @@ class PlannedTensor:
     first: int
     last: int
     device: str = "cpu"
+    # Symbolically sized: the bytes it spans as a sympy expression of the root symbols (`nbytes`
+    # is its maximum over the plan's ranges); None for a fixed size.
+    span: Any = None
 
     @property
     def name(self) -> str:
@@ -85,6 +97,7 @@ class MemoryPlan:
     inputs: frozenset[str] = frozenset()           # placeholders and constants
     output_roots: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)
     zero_copy_outputs: bool = False
+    ranges: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)  # symbol -> low, high
 
     @property
     def arena_bytes(self) -> int:
@@ -101,8 +114,10 @@ class MemoryPlan:
     def by_name(self) -> dict[str, PlannedTensor]:
         return {t.name: t for t in self.tensors}
 
-    def verify(self) -> None:
-        """Raise FxcMemoryPlanError naming both nodes if the invariant does not hold."""
+    def verify(self, at: dict[str, int] | None = None) -> None:
+        """Raise FxcMemoryPlanError naming both nodes if the invariant does not hold. Symbolically
+        sized tensors must also fit their slots at `at` (symbol -> size) or, by default, at both
+        ends of the ranges (every symbol at its low, then at its high)."""
         for t in self.tensors:
             if t.node in self.inputs:
                 raise FxcMemoryPlanError("a graph input or constant is planned", t.node)
@@ -118,6 +133,22 @@ class MemoryPlan:
         for a, b in _overlapping_pairs(self.tensors):
             raise FxcMemoryPlanError(f"live at once (steps {a.first}-{a.last} and {b.first}-"
                                      f"{b.last}) and overlapping in the arena", a.name, b.name)
+        sized = [t for t in self.tensors if t.span is not None]
+        if not sized:
+            return
+        points = [at] if at is not None else [{k: lo for k, (lo, _) in self.ranges.items()},
+                                              {k: hi for k, (_, hi) in self.ranges.items()}]
+        for point in points:
+            outside = [k for k, n in point.items() if k in self.ranges and
+                       not self.ranges[k][0] <= n <= self.ranges[k][1]]
+            if outside:
+                raise FxcMemoryPlanError(f"{outside[0]}={point[outside[0]]} is outside the planned "
+                                         f"range {self.ranges[outside[0]]}", sized[0].node)
+            for t in sized:
+                need = span_at(t.span, point)
+                if need > t.nbytes:
+                    raise FxcMemoryPlanError(f"spans {need} B at {point}, more than its slot's "
+                                             f"{t.nbytes} B", t.node)
 
     def summary(self) -> list[str]:
         """Report lines: arena, lower bound, no-reuse total, the order that won, what was not
@@ -128,6 +159,11 @@ class MemoryPlan:
                  f"(+{gap:.1f}%)  no reuse {_mib(self.no_reuse_bytes)}  "
                  f"({len(self.tensors)} tensors, align {self.alignment} B)",
                  f"order '{self.strategy}' won; tried: {tried}"]
+        sized = sum(1 for t in self.tensors if t.span is not None)
+        if sized:
+            at = ", ".join(f"{k} <= {hi}" for k, (_, hi) in sorted(self.ranges.items()))
+            lines.append(f"{sized} symbolically sized tensors planned at the declared maximum "
+                         f"({at}); verified at both ends of the ranges")
         if self.zero_copy_outputs:
             lines.append("zero_copy_outputs: returned outputs are arena views, overwritten by "
                          "the next call")
@@ -339,12 +375,16 @@ def _tensor_nodes(tree) -> list[fx.Node]:
 
 # -- what may be planned -----------------------------------------------------------------------
 
-def planning_refusal(buf: Buf, lv: Liveness, zero_copy_outputs: bool) -> str | None:
+def planning_refusal(buf: Buf, lv: Liveness, zero_copy_outputs: bool,
+                     ranges: dict[str, tuple[int, int]] | None = None) -> str | None:
     """Why fresh buffer `buf` stays with the allocator, or None if it can go in the arena."""
     node, _ = buf
     val = lv.fresh[buf]
-    if not all(isinstance(s, int) for s in (*val.shape, *val.stride())):
-        return "dynamic shape"
+    span = symbolic_span(val)
+    if span is not None:
+        why = _unbounded(span, ranges or {})
+        if why:
+            return why
     if val.layout != torch.strided or val.is_quantized:
         return f"layout {val.layout}"
     if not zero_copy_outputs:
@@ -372,6 +412,55 @@ _OUT_QUIRKS = {torch.ops.aten.matmul.default: _matmul_quirk}
 
 def _is_item(n: fx.Node, buf: Buf) -> bool:
     return n.target is operator.getitem and (n.args[0], n.args[1]) == buf
+
+
+def symbolic_span(val: torch.Tensor):
+    """span_bytes of a symbolically sized tensor as a sympy expression; None for a fixed size."""
+    if all(isinstance(s, int) for s in (*val.shape, *val.stride(), val.storage_offset())):
+        return None
+    import sympy
+    e = lambda s: s.node.expr if isinstance(s, torch.SymInt) else sympy.Integer(int(s))  # noqa: E731
+    last = e(val.storage_offset()) + sum((e(s) - 1) * e(st) for s, st in zip(val.shape, val.stride()))
+    return (last + 1) * val.element_size()
+
+
+def _unbounded(span, ranges: dict[str, tuple[int, int]]) -> str | None:
+    """Why `span` has no maximum over `ranges` (a symbol with no declared maximum, or one no
+    input carries, or an expression interval arithmetic cannot bound), or None."""
+    missing = sorted(str(s) for s in span.free_symbols if str(s) not in ranges)
+    if missing:
+        return (f"dynamic shape: {', '.join(missing)} has no declared maximum carried by an input "
+                f"axis")
+    if max_span(span, _ranges_key(ranges)) is None:
+        return "dynamic shape: its size has no finite bound over the declared ranges"
+    return None
+
+
+def _ranges_key(ranges: dict[str, tuple[int, int]]) -> tuple:
+    return tuple(sorted(ranges.items()))
+
+
+@functools.lru_cache(maxsize=4096)
+def max_span(span, ranges_key: tuple) -> int | None:
+    """The most bytes `span` takes over the ranges (interval arithmetic: an upper bound, exact for
+    sizes that grow with their symbols), or None if unbounded. Cached: many tensors share one."""
+    from torch.utils._sympy.value_ranges import ValueRanges, bound_sympy
+
+    from fxc.dynamic import range_end
+    ranges = dict(ranges_key)
+    bounds = {s: ValueRanges(*ranges[str(s)]) for s in span.free_symbols}
+    try:
+        high = range_end(bound_sympy(span, bounds).upper)
+    except Exception:  # noqa: BLE001 - an expression bound_sympy cannot take: no bound
+        return None
+    return max(high, 0) if high is not None else None
+
+
+def span_at(span, point: dict[str, int]) -> int:
+    """`span` evaluated with its symbols at `point` (>= 0: an empty tensor spans nothing)."""
+    import sympy
+    value = span.xreplace({s: sympy.Integer(point[str(s)]) for s in span.free_symbols})
+    return max(int(value), 0)
 
 
 def span_bytes(val: torch.Tensor) -> int:
@@ -494,32 +583,41 @@ def lower_bound(items: list[Interval]) -> int:
 
 def plan(gm: fx.GraphModule, *, alignment: int | None = None, strategy: str = "best",
          exclude: dict[str, str] | None = None, assume_alias: frozenset[str] = frozenset(),
-         zero_copy_outputs: bool = False) -> MemoryPlan:
+         zero_copy_outputs: bool = False,
+         ranges: dict[str, tuple[int, int]] | None = None) -> MemoryPlan:
     """Plan every intermediate tensor of `gm` that has a real out= kernel.
 
     alignment: bytes (default 256 when any tensor is on CUDA, else 64); strategy: 'best' or an
-    ORDERS name; exclude: node name -> why the engine refuses it (kept as the reason)."""
+    ORDERS name; exclude: node name -> why the engine refuses it (kept as the reason);
+    ranges: root symbol -> (low, high) that a call's inputs can take (symbolic graphs: tensors
+    sized by these symbols are planned at their maximum, see the module docstring)."""
     exclude = exclude or {}
+    ranges = dict(ranges or {})
     lv = analyze(gm, assume_alias)
     align = alignment or _default_alignment(lv)
     items: dict[str, list[Interval]] = {}
     meta: dict[Buf, int] = {}
+    spans: dict[Buf, Any] = {}
     refused: dict[fx.Node, str] = {}
     for buf, val in lv.fresh.items():
-        why = exclude.get(buf[0].name) or planning_refusal(buf, lv, zero_copy_outputs)
+        why = exclude.get(buf[0].name) or planning_refusal(buf, lv, zero_copy_outputs, ranges)
         if why:
             refused.setdefault(buf[0], why)
             continue
-        meta[buf] = span_bytes(val)
+        spans[buf] = symbolic_span(val)
+        meta[buf] = span_bytes(val) if spans[buf] is None else max_span(spans[buf], _ranges_key(ranges))
         size = -(-meta[buf] // align) * align
         items.setdefault(str(val.device), []).append(Interval(buf, size, lv.first[buf], lv.last[buf]))
     # A multi-output node is planned whole or not at all (one out= call writes every output).
     for dev in items:
         items[dev] = [it for it in items[dev] if it.key[0] not in refused]
-    return _build(gm, lv, items, meta, refused, align, strategy, zero_copy_outputs)
+    used = {str(x) for sp in spans.values() if sp is not None for x in sp.free_symbols}
+    plan = _build(gm, lv, items, meta, refused, align, strategy, zero_copy_outputs, spans)
+    plan.ranges = {k: v for k, v in ranges.items() if k in used}
+    return plan
 
 
-def _build(gm, lv, items, meta, refused, align, strategy, zero_copy_outputs) -> MemoryPlan:
+def _build(gm, lv, items, meta, refused, align, strategy, zero_copy_outputs, spans) -> MemoryPlan:
     tensors, arenas, bounds, tried_all, winners = [], {}, {}, {}, []
     for dev, its in items.items():
         offsets, arena, winner, tried = assign(its, strategy)
@@ -530,7 +628,7 @@ def _build(gm, lv, items, meta, refused, align, strategy, zero_copy_outputs) -> 
         for it in its:
             node, idx = it.key
             tensors.append(PlannedTensor(node.name, idx, offsets[it.key], it.size, meta[it.key],
-                                         it.first, it.last, dev))
+                                         it.first, it.last, dev, spans.get(it.key)))
     tensors.sort(key=lambda t: (t.first, t.name))
     return MemoryPlan(
         tensors=tensors, arenas=arenas, lower_bounds=bounds, alignment=align,

@@ -1,8 +1,10 @@
 """The arena: one uint8 tensor per device, allocated once, and typed views into it.
 
 Invariant: `view(t)` is a tensor of the planned node's shape, stride and dtype whose bytes are
-exactly arena[t.offset : t.offset + t.nbytes] on t's device; two views of tensors live at once
-never share a byte (the plan's invariant, checked by MemoryPlan.verify before we get here).
+within arena[t.offset : t.offset + t.nbytes] on t's device (exactly those for a fixed size; a
+symbolically sized tensor's `view_at` spans at most that, its slot sized for its maximum);
+two views of tensors live at once never share a byte (the plan's invariant, checked by
+MemoryPlan.verify before we get here).
 """
 from __future__ import annotations
 
@@ -20,12 +22,16 @@ class Arena:
 
     def view(self, t: PlannedTensor, meta: torch.Tensor) -> torch.Tensor:
         """A `meta`-shaped, `meta`-strided tensor of meta's dtype over t's bytes."""
+        return self.view_at(t, meta.shape, meta.stride(), meta.storage_offset(), meta.dtype)
+
+    def view_at(self, t: PlannedTensor, shape, stride, offset: int, dtype: torch.dtype) -> torch.Tensor:
+        """The view of one size of a symbolically sized tensor (its slot holds its largest)."""
         buf = self.buffers[t.device]
-        item = meta.element_size()
         if t.nbytes == 0:
-            return torch.empty_strided(meta.shape, meta.stride(), dtype=meta.dtype, device=buf.device)
-        typed = buf[t.offset:t.offset + t.nbytes].view(meta.dtype)  # offsets are aligned >= item
-        return typed.as_strided(meta.shape, meta.stride(), t.offset // item + meta.storage_offset())
+            return torch.empty_strided(shape, stride, dtype=dtype, device=buf.device)
+        item = dtype.itemsize
+        typed = buf[t.offset:t.offset + t.nbytes].view(dtype)  # offsets are aligned >= item
+        return typed.as_strided(shape, stride, t.offset // item + offset)
 
     def fill_(self, byte: int) -> None:
         """Overwrite every arena byte (tests poison it with 0xFF: NaN in every float type)."""

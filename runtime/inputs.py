@@ -4,8 +4,10 @@ Invariant: `flatten` returns the tensor leaves in graph-placeholder order, or ra
 FxcInputError (naming the input, the axis, what was expected and what came) before any
 kernel runs. Shapes must match the compile shapes exactly, except (1) an axis compiled as a
 range (`InputSpec.dims`, from `dynamic_shapes=`): any size in its range that agrees with every
-other axis of the same root symbol (equal for the same Dim; a*root + b for a derived one); (2) when the engine runs a dynamic batch (`DynamicBatch`), dim 0 of
-the inputs the lowered model made symbolic: any size in the engine's range, the same for all.
+other axis of the same root symbol (equal for the same Dim; a*root + b for a derived one);
+(2) when the engine runs a dynamic batch (`DynamicBatch`: artifacts saved before
+dynamic_batch=True became a dynamic_shapes shorthand), dim 0 of the inputs the lowered model
+made symbolic: any size in the engine's range, the same for all.
 """
 from __future__ import annotations
 

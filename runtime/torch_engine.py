@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 import torch.fx as fx
 
-from fxc import ir
+from fxc import dynamic, ir
 from fxc.debug import log
 from fxc.errors import FxcRuntimeError
 from fxc.dynamic import is_symbolic
@@ -51,6 +51,7 @@ class Step:
     node: fx.Node
     lists: tuple[int, ...] = ()   # positions of tensor-list args, copied per call before filling
     planned: bool = False         # writes into the arena through an out= kernel
+    sized: bool = False           # planned, symbolically sized: its arena views are made per call
 
 
 class _Slot:
@@ -77,6 +78,8 @@ class TorchEngine:
         self.cuda_graph: cuda_graph.CudaGraphRunner | None = None
         self.bucketed: BucketedGraphs | None = None  # symbolic shapes on CUDA: a graph a bucket
         self.report_sections: list[tuple[str, list[str]]] = []
+        self._sized: _SizedViews | None = None  # symbolically sized planned tensors' views
+        self._layouts: dict[int, tuple] = {}  # their layout functions (_layout_at)
         self._build_steps(gm)
         if options is not None and getattr(options, "plan_memory", False):
             self._plan_memory(options, example_inputs)
@@ -114,11 +117,18 @@ class TorchEngine:
         _assign_frees(gm, self.steps, slot, out_node)
 
     def _plan_memory(self, options, example_inputs) -> None:
+        where = dynamic.input_symbols(self.gm)  # root symbol -> the input axis carrying it
+        declared = self.gm.meta.get("dim_ranges", {})
+        ranges = {k: declared[k] for k in where if k in declared and declared[k][1] is not None}
         plan_args = dict(strategy=options.planner, zero_copy_outputs=options.zero_copy_outputs,
-                         alignment=mp.ALIGNMENT.get(self.device.type) if self.device else None)
+                         alignment=mp.ALIGNMENT.get(self.device.type) if self.device else None,
+                         ranges=ranges)
+        # the symbols' values to make first views (and probe) at: the example's, else the lows
+        values = (_symbol_values(where, example_inputs) if example_inputs is not None
+                  else {k: lo for k, (lo, _) in ranges.items()})
         plan = mp.plan(self.gm, **plan_args)
         arena = Arena(plan)
-        calls = self._planned_calls(plan, arena)
+        calls = self._planned_calls(plan, arena, values)
         demoted: dict[str, str] = {}
         if example_inputs is not None:
             demoted, lies = self._probe(example_inputs, calls)
@@ -128,25 +138,35 @@ class TorchEngine:
                 plan = mp.plan(self.gm, exclude=demoted, assume_alias=frozenset(lies), **plan_args)
                 del arena, calls  # free the first arena before allocating the second
                 arena = Arena(plan)
-                calls = self._planned_calls(plan, arena)
-        plan.verify()
+                calls = self._planned_calls(plan, arena, values)
+        plan.verify()  # symbolic sizes: at both ends of every range
         self.plan, self.arena = plan, arena
+        sized = {t.node for t in plan.tensors if t.span is not None}
+        if sized:
+            self._sized = _SizedViews(self, plan, arena, where, sized)
         for step in self.steps:
             call = calls.get(step.node.name)
             if call is not None:
-                step.fn, step.kwargs, step.planned = call[0], {**step.kwargs, **call[1]}, True
+                step.fn, step.planned = call[0], True
+                step.sized = step.node.name in sized
+                if not step.sized:  # fixed size: its views are made once, here
+                    step.kwargs = {**step.kwargs, **call[1]}
         lines = plan.summary()
-        if is_symbolic(self.gm):  # why most tensors stay with the allocator
-            lines = ["symbolic shapes: tensors whose size depends on a symbol are allocated per "
-                     "call ('dynamic shape' below); only fixed-size ones are planned"] + lines
+        if is_symbolic(self.gm):
+            lines = ["symbolic shapes: tensors sized by a symbol with a declared maximum are "
+                     "planned at it, their arena views made per call; the rest are allocated per "
+                     "call (reasons below)"] + lines
         self.report_sections.append((f"Memory plan ({', '.join(plan.arenas) or 'nothing planned'})",
                                      lines))
 
-    def _planned_calls(self, plan: mp.MemoryPlan, arena: Arena) -> dict[str, tuple]:
-        """node name -> (out= overload, {out arg name: arena view}) for every planned node."""
+    def _planned_calls(self, plan: mp.MemoryPlan, arena: Arena, values: dict[str, int],
+                       only: set[str] | None = None) -> dict[str, tuple]:
+        """node name -> (out= overload, {out arg name: arena view}) for every planned node (of
+        `only`, if given); a symbolically sized one's views at the symbols' `values`."""
         slots = {}
         for t in plan.tensors:
-            slots.setdefault(t.node, {})[t.index] = t
+            if only is None or t.node in only:
+                slots.setdefault(t.node, {})[t.index] = t
         calls = {}
         for step in self.steps:
             slots_of = slots.get(step.node.name)
@@ -155,11 +175,17 @@ class TorchEngine:
             ov, _ = mp.find_out_variant(step.node.target)
             val = step.node.meta["val"]
             metas = [val] if not isinstance(val, (tuple, list)) else list(val)
+
+            def view(t, m):
+                if t.span is None:
+                    return arena.view(t, m)
+                return arena.view_at(t, *_layout_at(m, values, self._layouts), m.dtype)
+
             if ov.list_out:  # one list of buffers; the op returns nothing, the step returns them
-                views = {ov.out_args[0]: [arena.view(slots_of[i], m) for i, m in enumerate(metas)]}
+                views = {ov.out_args[0]: [view(slots_of[i], m) for i, m in enumerate(metas)]}
                 calls[step.node.name] = (_ReturnsOut(ov.op, ov.out_args[0]), views)
                 continue
-            views = {name: arena.view(slots_of[None if len(metas) == 1 else i], metas[i])
+            views = {name: view(slots_of[None if len(metas) == 1 else i], metas[i])
                      for i, name in enumerate(ov.out_args)}
             calls[step.node.name] = (ov.op, views)
         return calls
@@ -229,9 +255,12 @@ class TorchEngine:
         before(k)/after(k) called around step k (runtime/profile.py)."""
         env = self._fresh_env(inputs)
         step = None
+        sized = self._sized.views(inputs) if self._sized is not None else None
         try:
             for k, step in enumerate(self.steps):
                 args, kwargs = _fill(step, env)
+                if step.sized:
+                    kwargs = {**kwargs, **sized[step.node.name]}
                 if timer is not None:
                     timer.before(k)
                 env[step.out] = step.fn(*args, **kwargs)
@@ -257,6 +286,53 @@ class TorchEngine:
             else:
                 out.append(("computed", None))
         return out
+
+
+class _SizedViews:
+    """The arena views of symbolically sized planned tensors, per tuple of symbol values: made
+    on a call's first use of those sizes (shapes and strides from the graph's own expressions,
+    compiled to Python once), then kept, a bounded number of size tuples at a time."""
+
+    LIMIT = 256  # a server sees a few hundred sizes at most; past that the oldest are dropped
+
+    def __init__(self, engine: "TorchEngine", plan: mp.MemoryPlan, arena: Arena,
+                 where: dict[str, tuple[int, int, int, int]], nodes: set[str]):
+        self.engine, self.plan, self.arena, self.nodes = engine, plan, arena, nodes
+        self.symbols = sorted(where)
+        self.where = [where[k] for k in self.symbols]
+        self.cache: dict[tuple, dict[str, dict]] = {}
+
+    def views(self, inputs) -> dict[str, dict]:
+        key = tuple((inputs[i].shape[axis] - b) // a for i, axis, a, b in self.where)
+        found = self.cache.get(key)
+        if found is None:
+            values = dict(zip(self.symbols, key))
+            calls = self.engine._planned_calls(self.plan, self.arena, values, only=self.nodes)
+            found = {name: views for name, (_, views) in calls.items()}
+            if len(self.cache) >= self.LIMIT:
+                self.cache.pop(next(iter(self.cache)))
+            self.cache[key] = found
+        return found
+
+
+def _symbol_values(where: dict[str, tuple[int, int, int, int]], inputs) -> dict[str, int]:
+    return {k: (inputs[i].shape[axis] - b) // a for k, (i, axis, a, b) in where.items()}
+
+
+def _layout_at(meta: torch.Tensor, values: dict[str, int], cache: dict) -> tuple[tuple, tuple, int]:
+    """(shape, stride, storage offset) of a symbolically sized meta at the symbols' values;
+    `cache`: id(meta) -> (meta, symbol names, the compiled function), one per engine."""
+    hit = cache.get(id(meta))
+    if hit is None or hit[0] is not meta:
+        import sympy
+        e = lambda x: x.node.expr if isinstance(x, torch.SymInt) else sympy.Integer(int(x))  # noqa: E731
+        exprs = [e(x) for x in (*meta.shape, *meta.stride(), meta.storage_offset())]
+        names = sorted({str(s) for x in exprs for s in x.free_symbols})
+        hit = cache[id(meta)] = (meta, names, dynamic.int_function(exprs, names))
+    _, names, fn = hit
+    ints = fn(*(values[n] for n in names))
+    rank = meta.dim()
+    return tuple(ints[:rank]), tuple(ints[rank:2 * rank]), ints[-1]
 
 
 def _fill(step: Step, env: list) -> tuple[list, dict]:

@@ -159,6 +159,8 @@ def test_a_derived_dim_must_agree_with_its_root_in_another_input():
     s = Dim("s", min=2, max=8)
     xs = (torch.randn(3, 4), torch.randn(6, 4))
     compiled = fxc.compile(Doubled(), xs, backend="torch", dynamic_shapes=({0: s}, {0: 2 * s}))
+    (cat,) = compiled.memory_plan.tensors  # 2*s rows, planned for s = 8 (the root's range)
+    assert cat.span is not None and cat.nbytes == 16 * 4 * 4
     for n in (2, 5, 8):
         ys = (torch.randn(n, 4), torch.randn(2 * n, 4))
         assert_matches_eager(Doubled(), compiled(*ys), ys)
