@@ -45,11 +45,13 @@ _ROWWISE = {
 
 def bucket_size(n: int, buckets: tuple[int, ...] | None, high: int | None) -> int | None:
     """The bucket a batch of `n` replays in: the smallest listed bucket >= n, or (no list) the
-    next power of two, capped at the range's `high`; None when no bucket holds `n`."""
+    next power of two, either capped at the range's `high` (the memory plan sizes the arena for
+    it: a padded call past it would outgrow its slots); None when no bucket holds `n`."""
     if buckets is not None:
-        return next((b for b in buckets if b >= n), None)
-    b = 1 << max(0, n - 1).bit_length()
-    return min(b, high) if high is not None else b
+        b = next((b for b in buckets if b >= n), None)
+    else:
+        b = 1 << max(0, n - 1).bit_length()
+    return min(b, high) if b is not None and high is not None else b
 
 
 def batch_padding(gm: fx.GraphModule) -> tuple[str | None, str]:

@@ -37,6 +37,7 @@ def symbolic(model, x, dims=None):
 @pytest.mark.parametrize("n, buckets, high, want", [
     (1, None, 64, 1), (3, None, 64, 4), (4, None, 64, 4), (33, None, 64, 64), (50, None, 48, 48),
     (5, (8, 16, 64), None, 8), (16, (8, 16, 64), None, 16), (65, (8, 16, 64), None, None),
+    (20, (8, 64), 32, 32),  # a listed bucket past the declared max: the max (the arena's size)
 ])
 def test_bucket_size(n, buckets, high, want):
     assert bucket_size(n, buckets, high) == want
