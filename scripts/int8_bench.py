@@ -11,7 +11,8 @@ token ids at random), then
   25th-75th percentiles, so a shared machine's load moves both numbers of a round alike;
 - accuracy on held-out batches from the same distribution: top-1 agreement with FP32 (a
   classifier), cosine similarity of every output with FP32's (min over batches), and the
-  number of distinct FP32 top-1 classes (agreement means little if FP32 always says one).
+  number of distinct FP32 top-1 classes (agreement means little if FP32 always says one);
+  as a yardstick, the same figures for eager PyTorch in bfloat16 against FP32.
 Goals (issue 17): speed-up >= 1.8x; resnet50 top-1 agreement >= 99%; bert cosine >= 0.99.
 --profile prints ONNX Runtime's per-op-type time for both sessions (where the time goes).
 """
@@ -56,6 +57,18 @@ def flat(out) -> list[torch.Tensor]:
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double().flatten(), b.double().flatten()
     return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-30))
+
+
+def bf16(model):
+    """Eager bfloat16: a yardstick for how far a model's answers move under ~0.4% rounding."""
+    import copy
+    m = copy.deepcopy(model).to(torch.bfloat16)
+    cast = lambda x: x.to(torch.bfloat16) if x.is_floating_point() else x  # noqa: E731
+
+    def run(*xs):
+        with torch.no_grad():
+            return [y.float() for y in flat(m(*[cast(x) for x in xs]))]
+    return run
 
 
 def accuracy(fp32, int8, sets, classifier: bool) -> dict:
@@ -127,6 +140,8 @@ def run(name: str, size: str, method: str, args) -> dict:
     t2 = time.perf_counter()
     classifier = flat(model(*example))[0].dim() == 2
     acc = accuracy(fp32, int8, evals, classifier)
+    yard = accuracy(fp32, bf16(model), evals, classifier)
+    acc.update(bf16_agree=yard["agree"], bf16_cos=yard["cos_min"])
     meds = interleaved({"fp32": fp32, "int8": int8}, evals[:4], args.rounds, args.iters)
     section = dict(int8.report_data.sections).get("INT8 quantization", [])
     row = {"model": name, "size": size, "method": method, "calib": args.calib,
@@ -140,14 +155,16 @@ def run(name: str, size: str, method: str, args) -> dict:
 
 def table(rows: list[dict]) -> str:
     out = ["| model | calibration | FP32 ms | INT8 ms | speed-up (IQR) | top-1 agreement "
-           "(FP32 classes) | cosine min / mean | compile s FP32 / INT8 |",
-           "|---|---|---|---|---|---|---|---|"]
+           "(FP32 classes) | cosine min / mean | eager bf16: agreement, cosine min | compile s FP32 / INT8 |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s, lo, hi = r["speedup"]
         agree = f"{r['agree']:.1%} of {r['n']} ({r['classes']})" if r["agree"] is not None else "-"
         out.append(f"| {r['model']} ({r['size']}) | {r['method']}, {r['calib']} batches | "
                    f"{r['fp32_ms']:.1f} | {r['int8_ms']:.1f} | {s:.2f}x ({lo:.2f}-{hi:.2f}) | "
                    f"{agree} | {r['cos_min']:.4f} / {r['cos_mean']:.4f} | "
+                   f"{'-' if r['bf16_agree'] is None else format(r['bf16_agree'], '.1%')}, "
+                   f"{r['bf16_cos']:.4f} | "
                    f"{r['compile_s'][0]:.0f} / {r['compile_s'][1]:.0f} |")
     return "\n".join(out)
 

@@ -112,8 +112,9 @@ def quantize(lowered, options, batches: list) -> tuple[object, list[tuple[str, l
     decisions = policy.decide(g, anchors, chain, fixed, cal.ranges, cal.samples, tol,
                               conf["reduce_range"])
     chosen = [d.node for d in decisions if d.int8]
+    # (an empty node list would mean "every node" to the quantizer)
     qmodel = qdq.insert_qdq(model, chosen, cal.ranges, method, conf,
-                            list(policy.ANCHORS + policy.CHAIN))
+                            list(policy.ANCHORS + policy.CHAIN)) if chosen else model
     lines = _report(decisions, cal, conf, counts, tol)
     return dataclasses.replace(lowered, model=qmodel), [("INT8 quantization", lines)]
 

@@ -10,8 +10,8 @@ constant weight (ONNX Runtime CPU: QLinearConv, QGemm / MatMulInteger). Rules, i
 3. an anchor whose own int8 error, measured on the first calibration batch, is over
    `tolerance` stays FP32: its input fake-quantized with the calibrated range, its weight
    per channel, its output compared with FP32 (relative norm error);
-4. a chain op (Add, pooling, Relu, reshapes) runs in int8 when every activation it reads comes
-   from a node that does, so a ResNet's int8 tensors flow from conv to conv without float
+4. a chain op (Add, pooling, Relu, reshapes) runs in int8 when every activation it reads is
+   an int8 output (of a Conv or another chain op; a Gemm writes float, see qdq.py), so a ResNet's int8 tensors flow from conv to conv without float
    round trips (QLinearAdd, int8 MaxPool), while an Add that joins a float tensor (BERT's
    residual stream into layer norm) stays float.
 
@@ -94,8 +94,9 @@ def tensors_to_calibrate(g: Graph, nodes) -> list[str]:
 def decide(g: Graph, anchors, chain, fixed: list[Decision], ranges, samples,
            tolerance: float, reduce_range: bool) -> list[Decision]:
     """Rules 3 and 4 over the calibrated ranges and first-batch samples."""
+    from .qdq import FLOAT_OUTPUTS
     out = list(fixed)
-    int8: set[str] = set()
+    int8: set[str] = set()  # nodes whose outputs are int8 tensors
     for n in anchors:
         err = layer_error(n, samples[n.input[0]], g.inits, ranges[n.input[0]], reduce_range)
         ok = err <= tolerance
@@ -103,11 +104,11 @@ def decide(g: Graph, anchors, chain, fixed: list[Decision], ranges, samples,
                f"int8 error {err:.2%} on the first calibration batch, over the {tolerance:.0%} "
                f"tolerance (int8_tolerance=)")
         out.append(Decision(n.name, n.op_type, ok, why, err))
-        if ok:
+        if ok and n.op_type not in FLOAT_OUTPUTS:
             int8.add(n.name)
     for n in chain:  # topological order: a chain op sees its producers' decisions
         ins = g.activations(n)
-        fed = all(i in g.producer and g.producer[i].name in int8 for i in ins)
+        fed = bool(ins) and all(i in g.producer and g.producer[i].name in int8 for i in ins)
         if n.op_type == "Add" and len(ins) < 2:
             fed = False  # a bias add: the anchor's own epilogue (QGemm folds it)
         if fed and not any(o in g.outputs for o in n.output):
