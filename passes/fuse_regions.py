@@ -59,16 +59,9 @@ MAX_RANK = 8
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-    opts = ctx.options
-    forced = getattr(opts, "generated_kernels", None)
-    if forced is False:
-        return PassResult(notes=["generated_kernels=False"])
-    if not forced:
-        from fxc.backends import engine_is_torch
-        if opts.device.type != "cuda":
-            return PassResult(notes=["not CUDA (generated_kernels=True forces it)"])
-        if not engine_is_torch(opts):
-            return PassResult(notes=["the engine is not fxc's torch runtime: its own fusions apply"])
+    off = not_here(ctx.options)
+    if off:
+        return PassResult(notes=[off])
     sunk = _sink_views(gm)
     refused: collections.Counter = collections.Counter()
     ok = {}
@@ -98,6 +91,20 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
 
 
 # -- which nodes -------------------------------------------------------------------------------
+
+def not_here(opts) -> str | None:
+    """Why generated kernels do not run for these options (None: they do)."""
+    forced = getattr(opts, "generated_kernels", None)
+    if forced is False:
+        return "generated_kernels=False"
+    if not forced:
+        from fxc.backends import engine_is_torch
+        if opts.device.type != "cuda":
+            return "not CUDA (generated_kernels=True forces it)"
+        if not engine_is_torch(opts):
+            return "the engine is not fxc's torch runtime: its own fusions apply"
+    return None
+
 
 def fusible(n: fx.Node) -> str | None:
     """None when `n` can be part of a region, else why not."""

@@ -5,7 +5,8 @@ folding first, so patterns are visible; written-out norms/GELUs are recognised b
 linear-epilogue fusion that needs a whole gelu; attention and the QKV merge come before
 fuse_linear (a merged QKV linear has no activation, so nothing is lost); precision last, so
 fused ops get half inputs; layout after that, over the final ops; generated kernels last, so
-they take what every pattern left and record the strides layout settled on. Options pick entries through
+they take what every pattern left and record the strides layout settled on (conv_epilogue
+first hands them the conv epilogues no library kernel fuses). Options pick entries through
 each Pass's `when`; any pass can be switched off by name (`disable_passes=`). On a graph with
 symbolic shapes a pass runs only with `static_only=None` (checked at several sizes by
 tests/test_dynamic_passes.py); the others are skipped, their reason in the report.
@@ -16,7 +17,8 @@ from . import dce
 from . import cse, fold_constants, noops
 from . import flatten_linear, fuse_bn, fuse_conv, fuse_linear
 from . import fuse_attention, merge_parallel_linear, recognize_norm_act
-from . import align_gemm, bool_mask, cast_precision, fuse_add_norm, fuse_regions, layout, rotary
+from . import align_gemm, bool_mask, cast_precision, conv_epilogue, fuse_add_norm, fuse_regions
+from . import layout, rotary
 from . import repair_views
 from .manager import Pass
 
@@ -45,6 +47,9 @@ PIPELINE: list[Pass] = [
     Pass("layout", layout.run, numerics="lowp",  # channels-last convs where measured faster (layout.py: why lowp)
          when=lambda o: o.device.type == "cuda",
          static_only="channels-last is chosen by timing the convs at the compile shapes"),
+    Pass("conv_epilogue", conv_epilogue.run, numerics="lowp",  # conv bias/act no library kernel fuses -> ops
+         when=lambda o: o.generated_kernels or (o.device.type == "cuda" and o.generated_kernels is None),
+         static_only=None),  # a conv with a symbolic shape stays fused (fuse_regions would refuse it)
     Pass("rotary", rotary.run, numerics="exact",  # rotate_half's neg + cat -> a select of views, so the next pass fuses RoPE whole
          when=lambda o: o.generated_kernels or (o.device.type == "cuda" and o.generated_kernels is None),
          static_only=None),
