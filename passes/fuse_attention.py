@@ -404,9 +404,18 @@ def _mask_piece(op: fx.Node, scores_in: fx.Node, dtype) -> tuple | str:
 
 
 def _constant_mask(att: Attention, steps: list, values: list, sv) -> str | None:
-    """Every mask is a constant: add them up now, through the views, as SDPA will read them."""
+    """Every mask is a constant: add them up now, through the views, as SDPA will read them.
+    Scores of a symbolic size (dynamic_shapes): a constant cannot vary along a symbolic dim, so
+    the sum is made at size 1 there and SDPA broadcasts it; a constant that is not size 1 along
+    one, or views between the masks, refuse."""
+    shape = tuple(sv.shape)
+    if not all(isinstance(d, int) for d in shape):
+        why = _symbolic_problem(steps, values, shape)
+        if why:
+            return why
+        shape = tuple(d if isinstance(d, int) else 1 for d in shape)
     it = iter(values)
-    z = torch.zeros(tuple(sv.shape), dtype=sv.dtype, device=values[0].device)
+    z = torch.zeros(shape, dtype=sv.dtype, device=values[0].device)
     with torch.no_grad():
         for step in steps:
             if step[0] == "view":
@@ -419,8 +428,8 @@ def _constant_mask(att: Attention, steps: list, values: list, sv) -> str | None:
             else:
                 keep = ~t if negate else t
                 z = z.masked_fill(~keep.to(z.device), float("-inf"))
-    z = z.reshape(tuple(sv.shape))
-    if _keeps_causal(z, sv.shape):
+    z = z.reshape(shape)
+    if z.shape == tuple(sv.shape) and _keeps_causal(z, sv.shape):
         att.causal = True
     elif not bool((z == 0).all()):
         z = _shrink(z)
@@ -428,6 +437,18 @@ def _constant_mask(att: Attention, steps: list, values: list, sv) -> str | None:
             return (f"the masks add up to a constant of {z.numel() * z.element_size() / 2**20:.0f} "
                     f"MiB, over MASK_BYTES")
         att.const_mask = z
+    return None
+
+
+def _symbolic_problem(steps: list, values: list, shape: tuple) -> str | None:
+    """Why constant masks cannot be summed at size 1 along the scores' symbolic dims."""
+    if any(step[0] == "view" for step in steps):
+        return "views between constant masks of scores with a symbolic size"
+    for t in values:
+        for d in range(1, t.dim() + 1):  # aligned from the right, as broadcasting does
+            if d <= len(shape) and not isinstance(shape[-d], int) and t.shape[-d] != 1:
+                return (f"a constant mask {list(t.shape)} varies along a symbolic dim of the "
+                        f"scores {list(shape)}")
     return None
 
 
@@ -444,11 +465,18 @@ def _keeps_causal(z: torch.Tensor, shape) -> bool:
     scores of `shape`. HF's eager masks write finfo(dtype).min for -inf: a key at min has weight
     exactly 0 after the softmax as long as its row keeps a key (a causal row keeps its diagonal),
     so values at or below half of finfo.min count as -inf here."""
+    if not all(isinstance(d, int) for d in shape[-2:]):
+        return False  # a symbolic query/key length: no one constant is its triangle
+    # a symbolic leading dim (the batch): the constant is size 1 there, the test per slice
+    shape = tuple(d if isinstance(d, int) else 1 for d in shape)
     z = torch.where(z <= torch.finfo(z.dtype).min / 2, float("-inf"), z)
     if not bool(((z == 0) | (z == float("-inf"))).all()):
         return False
     tril = torch.ones(shape[-2], shape[-1], dtype=torch.bool, device=z.device).tril()
-    return bool((torch.broadcast_to(z == 0, tuple(shape)) == tril).all())
+    try:
+        return bool((torch.broadcast_to(z == 0, shape) == tril).all())
+    except RuntimeError:  # z is larger than size 1 along a symbolic dim
+        return False
 
 
 def _const_value(n: Any) -> torch.Tensor | None:

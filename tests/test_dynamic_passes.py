@@ -144,3 +144,22 @@ def test_a_pass_that_writes_a_symbolic_size_into_the_graph_is_named():
 def test_every_static_only_pass_says_why():
     for p in PIPELINE:
         assert p.static_only is None or len(p.static_only) > 10, p.name
+
+
+@pytest.mark.parametrize("spec, causal", [(({0: BATCH},), True), (({0: BATCH, 1: SEQ},), False)])
+def test_fuse_attention_takes_constant_masks_of_symbolic_scores(spec, causal):
+    """GPT-2's causal buffer under a symbolic batch: summed at size 1 along the batch, it is the
+    lower triangle (is_causal); under a symbolic length it is sliced at run time (a mask). The
+    pass failed on both and was rolled back (SDPA lost) before."""
+    model, xs = get("gpt2", size="tiny", batch=2)
+    gm = capture(model, tuple(xs), {}, spec).gm
+    passes = [p for p in symbolic_passes("fp32") if p.name in ("dce", "noops", "fold_constants",
+                                                              "cse", "fuse_attention")]
+    records = {r.name: r for r in run_pipeline(gm, PassContext(options("fp32"), list(xs)), passes)}
+    assert records["fuse_attention"].skipped is None and records["fuse_attention"].rewrites >= 2
+    sdpa = [n for n in gm.graph.nodes if n.target is torch.ops.aten.scaled_dot_product_attention.default]
+    assert len(sdpa) == 2 and all(bool(n.kwargs.get("is_causal")) == causal for n in sdpa)
+    for k in range(3):
+        ys = inputs_at(xs, spec, k)
+        with torch.no_grad():
+            torch.testing.assert_close(gm(*ys)[0], model(*ys))
