@@ -8,7 +8,8 @@ For each model: fxc's FP32 compile (backend='onnxruntime') and its INT8 compile
 token ids at random), then
 - speed: both timed in interleaved rounds (the order reversed every other round, as
   `fxc bench` does on a CPU); the speed-up is the median of the per-round ratios, with its
-  25th-75th percentiles, so a shared machine's load moves both numbers of a round alike;
+  25th-75th percentiles, so a shared machine's load moves both numbers of a round alike, and
+  the ratio of the fastest calls (what each does when nothing else runs);
 - accuracy on held-out batches from the same distribution: top-1 agreement with FP32 (a
   classifier), cosine similarity of every output with FP32's (min over batches), and the
   number of distinct FP32 top-1 classes (agreement means little if FP32 always says one);
@@ -72,7 +73,7 @@ def bf16(model):
 
 
 def accuracy(fp32, int8, sets, classifier: bool) -> dict:
-    agree, classes, cos = 0, set(), []
+    agree, classes, cos, gaps, flips = 0, set(), [], [], []
     for s in sets:
         ref, got = flat(fp32(*s)), flat(int8(*s))
         cos.append(min(cosine(g, r) for g, r in zip(got, ref)))
@@ -80,21 +81,29 @@ def accuracy(fp32, int8, sets, classifier: bool) -> dict:
             r, g = ref[0].argmax(-1), got[0].argmax(-1)
             agree += int((r == g).sum())
             classes |= set(r.tolist())
+            top2 = ref[0].topk(2, -1).values
+            gap = (top2[:, 0] - top2[:, 1]) / ref[0].std(-1)  # in units of the logits' spread
+            gaps += gap.tolist()
+            flips += gap[r != g].tolist()
     n = sum(s[0].shape[0] for s in sets)
     return {"agree": agree / n if classifier else None, "classes": len(classes),
-            "cos_min": min(cos), "cos_mean": statistics.fmean(cos), "n": n}
+            "cos_min": min(cos), "cos_mean": statistics.fmean(cos), "n": n,
+            "gap_median": statistics.median(gaps) if gaps else None,
+            "flip_gap_max": max(flips) if flips else None}
 
 
 def interleaved(runners: dict, sets, rounds: int, iters: int) -> dict:
     per = max(1, iters // rounds)
     meds = {k: [] for k in runners}
+    best = {k: float("inf") for k in runners}
     for r in range(rounds):
         order = list(runners) if r % 2 == 0 else list(runners)[::-1]
         for k in order:
             t = timing.measure(runners[k], sets, device=torch.device("cpu"),
                                warmup=5 if r == 0 else 1, iters=per)
             meds[k].append(t.median_ms)
-    return meds
+            best[k] = min(best[k], min(t.samples))
+    return meds, best
 
 
 def ratio(slow: list[float], fast: list[float]) -> tuple[float, float, float]:
@@ -140,13 +149,14 @@ def run(name: str, size: str, method: str, args) -> dict:
     t2 = time.perf_counter()
     classifier = flat(model(*example))[0].dim() == 2
     acc = accuracy(fp32, int8, evals, classifier)
-    yard = accuracy(fp32, bf16(model), evals, classifier)
-    acc.update(bf16_agree=yard["agree"], bf16_cos=yard["cos_min"])
-    meds = interleaved({"fp32": fp32, "int8": int8}, evals[:4], args.rounds, args.iters)
+    yard = accuracy(fp32, bf16(model), evals[:args.yardstick], classifier)
+    acc.update(bf16_agree=yard["agree"], bf16_cos=yard["cos_min"], bf16_n=yard["n"])
+    meds, best = interleaved({"fp32": fp32, "int8": int8}, evals[:4], args.rounds, args.iters)
     section = dict(int8.report_data.sections).get("INT8 quantization", [])
     row = {"model": name, "size": size, "method": method, "calib": args.calib,
            "fp32_ms": statistics.median(meds["fp32"]), "int8_ms": statistics.median(meds["int8"]),
            "speedup": ratio(meds["fp32"], meds["int8"]), "rounds": meds,
+           "fp32_min": best["fp32"], "int8_min": best["int8"],
            "compile_s": (t1 - t0, t2 - t1), "report": section, **acc}
     if args.profile:
         row["profile"] = {"fp32": ort_profile(fp32, evals), "int8": ort_profile(int8, evals)}
@@ -154,17 +164,19 @@ def run(name: str, size: str, method: str, args) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| model | calibration | FP32 ms | INT8 ms | speed-up (IQR) | top-1 agreement "
+    out = ["| model | calibration | FP32 ms median / min | INT8 ms median / min | speed-up: "
+           "rounds' median (IQR); of the minimums | top-1 agreement "
            "(FP32 classes) | cosine min / mean | eager bf16: agreement, cosine min | compile s FP32 / INT8 |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s, lo, hi = r["speedup"]
         agree = f"{r['agree']:.1%} of {r['n']} ({r['classes']})" if r["agree"] is not None else "-"
         out.append(f"| {r['model']} ({r['size']}) | {r['method']}, {r['calib']} batches | "
-                   f"{r['fp32_ms']:.1f} | {r['int8_ms']:.1f} | {s:.2f}x ({lo:.2f}-{hi:.2f}) | "
+                   f"{r['fp32_ms']:.1f} / {r['fp32_min']:.1f} | {r['int8_ms']:.1f} / {r['int8_min']:.1f} | "
+                   f"{s:.2f}x ({lo:.2f}-{hi:.2f}); {r['fp32_min'] / r['int8_min']:.2f}x | "
                    f"{agree} | {r['cos_min']:.4f} / {r['cos_mean']:.4f} | "
                    f"{'-' if r['bf16_agree'] is None else format(r['bf16_agree'], '.1%')}, "
-                   f"{r['bf16_cos']:.4f} | "
+                   f"{r['bf16_cos']:.4f} (of {r['bf16_n']}) | "
                    f"{r['compile_s'][0]:.0f} / {r['compile_s'][1]:.0f} |")
     return "\n".join(out)
 
@@ -176,6 +188,8 @@ def main() -> None:
     p.add_argument("--methods", default="minmax", help="calibration methods, comma-separated")
     p.add_argument("--calib", type=int, default=16, help="calibration batches")
     p.add_argument("--eval", type=int, default=64, help="held-out batches for accuracy")
+    p.add_argument("--yardstick", type=int, default=16,
+                   help="held-out batches for eager bf16's figures (slow on a CPU)")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--iters", type=int, default=60, help="timed calls per runner, over all rounds")
     p.add_argument("--profile", action="store_true", help="ONNX Runtime's time per op type")
@@ -191,6 +205,10 @@ def main() -> None:
             r = run(name, args.size, method, args)
             rows.append(r)
             print(f"## {name} ({method})", *(f"  {ln}" for ln in r["report"]), sep="\n", flush=True)
+            if r["gap_median"] is not None:
+                print(f"  FP32 top-1 minus top-2 logit, in logit standard deviations: median "
+                      f"{r['gap_median']:.3f}; largest among the int8 disagreements: "
+                      f"{r['flip_gap_max'] if r['flip_gap_max'] is None else round(r['flip_gap_max'], 3)}")
             if args.profile:
                 for k, prof in r["profile"].items():
                     top = ", ".join(f"{op} {ms:.1f}" for op, ms in list(prof.items())[:8])

@@ -119,7 +119,6 @@ def quantize(lowered, options, batches: list) -> tuple[object, list[tuple[str, l
     return dataclasses.replace(lowered, model=qmodel), [("INT8 quantization", lines)]
 
 
-
 def _report(decisions, cal, conf, counts, tol) -> list[str]:
     anchors = [d for d in decisions if d.op in ("Conv", "Gemm", "MatMul")]
     int8 = [d for d in anchors if d.int8]

@@ -13,8 +13,8 @@ Rewrites, in order (each counted in the returned dict):
 3. `Add(MatMul(x, W), b)` with constant W (K, N) and b (N,) and a static x -> one 2-D
    `Gemm(Reshape(x, [-1, K]), W, b)` reshaped back: the quantizer then writes one int8 GEMM
    whose int32 bias and requantized output live in the kernel (QGemm), instead of an int8
-   MatMul, a DequantizeLinear and a float Add (BERT base on this 2-core CPU: 1.32x -> see
-   README's INT8 figures).
+   MatMul, a DequantizeLinear and a float Add (BERT base on this 2-core CPU: cosine with FP32
+   0.9970 -> 0.9988 at the same speed; qdq.py's float Gemm outputs then gain the speed).
 4. Nodes whose outputs nothing reads any more are removed (the gates' ReduceSum/Greater/Not).
 
 Invariant: on inputs without NaN or -inf in pooled/reduced tensors, the model computes what it
