@@ -245,21 +245,29 @@ def _file_entry(path: str) -> dict:
 class LoadedModule:
     """A loaded artifact: callable like the CompiledModule it was saved from."""
 
-    def __init__(self, engine, checker, out_spec, manifest: dict):
+    def __init__(self, engine, checker, out_spec, manifest: dict, guard: bool | None = None):
+        from fxc import guard as guard_mod
         self.engine, self.checker, self.out_spec, self.manifest = engine, checker, out_spec, manifest
+        self._guard = guard_mod.enabled(guard)
 
     def __call__(self, *args, **kwargs):
         flat = self.checker.flatten(args, kwargs)
         with torch.no_grad():
             outs = self.engine.run(flat)
+        if self._guard:
+            from fxc import guard
+            if bad := guard.bad_outputs(outs):
+                raise guard.loaded_error(bad, self.manifest["backend"])
         return pytree.tree_unflatten(outs, self.out_spec)
 
     def __repr__(self) -> str:
         return f"LoadedModule(backend={self.engine.name}, device={self.engine.device})"
 
 
-def load(directory: str, device: str | torch.device | None = None) -> LoadedModule:
-    """Load an artifact written by `CompiledModule.save`; see the module docstring."""
+def load(directory: str, device: str | torch.device | None = None,
+         guard: bool | None = None) -> LoadedModule:
+    """Load an artifact written by `CompiledModule.save`; see the module docstring. `guard`
+    (default: the FXC_GUARD environment variable) checks every call's outputs for inf/NaN."""
     if not os.path.isdir(directory):
         raise FxcArtifactError(f"{directory!r} is not a directory")
     root = os.path.realpath(directory)
@@ -288,7 +296,7 @@ def load(directory: str, device: str | torch.device | None = None) -> LoadedModu
         if out_spec.num_leaves != len(lowered.output_slots):
             raise FxcArtifactError(f"out_spec holds {out_spec.num_leaves} outputs; the manifest's "
                                    f"output slots are {len(lowered.output_slots)}")
-    return LoadedModule(engine, checker, out_spec, manifest)
+    return LoadedModule(engine, checker, out_spec, manifest, guard)
 
 
 def _read_manifest(root: str) -> dict:

@@ -100,6 +100,16 @@ def first_bad_node(gm: fx.GraphModule, flat_inputs: list) -> fx.Node | None:
     return walker.found
 
 
+def loaded_error(bad: list[int], backend: str) -> FxcNumericsError:
+    """The error for a loaded artifact's call: it keeps no graph and no model to replay, so it
+    names the outputs and says how to find the node."""
+    which = ", ".join(f"output {i}" for i in bad)
+    return FxcNumericsError(
+        f"guard: {which} of the loaded {backend} artifact holds inf/NaN. An artifact keeps no "
+        f"graph to trace back: compile the model with guard=True and call it on these inputs "
+        f"to name the node that made them", outputs=bad)
+
+
 def diagnose(model, args: tuple, kwargs: dict, gm: fx.GraphModule, flat_inputs: list,
              bad: list[int]) -> FxcNumericsError:
     """The error for a call whose outputs `bad` are not finite (see the module docstring)."""

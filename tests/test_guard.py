@@ -93,3 +93,24 @@ def test_guard_cost_on_a_small_model_is_measured():
     base, with_guard = (totals[f] / 500 for f in (plain, guarded))
     print(f"guard cost: {1e6 * (with_guard - base):.1f} us a call ({1e6 * base:.1f} us unguarded)")
     assert with_guard - base < 2e-3
+
+
+def test_a_loaded_artifact_is_guarded_too(tmp_path, monkeypatch):
+    """fxc.load(..., guard=True) (or FXC_GUARD=1) checks a loaded artifact's outputs; with no
+    graph kept, the error names the outputs and how to find the node."""
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = Overflow().eval()
+    c = fxc.compile(model, (torch.rand(2, 8),), backend="onnxruntime")
+    c.save(str(tmp_path / "a"))
+    big = torch.full((2, 8), 1e38)  # inf in FP32 too: the products overflow
+    plain = fxc.load(str(tmp_path / "a"), guard=False)
+    assert not torch.isfinite(plain(big)[0]).all()  # unguarded: returned as computed
+    with pytest.raises(FxcNumericsError, match="output 0 of the loaded onnxruntime artifact") as e:
+        fxc.load(str(tmp_path / "a"), guard=True)(big)
+    assert e.value.outputs == [0]
+    monkeypatch.setenv("FXC_GUARD", "1")
+    guarded = fxc.load(str(tmp_path / "a"))
+    with pytest.raises(FxcNumericsError):
+        guarded(big)
+    torch.testing.assert_close(guarded(torch.ones(2, 8)), plain(torch.ones(2, 8)))
