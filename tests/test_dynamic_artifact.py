@@ -77,3 +77,20 @@ def test_a_malformed_range_is_an_artifact_error(saved, tmp_path, edit, message):
     _rewrite(copy, edit)
     with pytest.raises(fxc.FxcArtifactError, match=message):
         fxc.load(copy)
+
+
+def test_a_derived_dim_survives_save_and_load(tmp_path):
+    """y's axis 0 is 2*s of x's s: the loaded ONNX Runtime module keeps the relation (a
+    disagreeing call is refused naming both inputs) and runs the sizes of the range."""
+    from test_dynamic_shapes import Doubled
+    s = Dim("s", min=2, max=8)
+    xs = (torch.randn(3, 4), torch.randn(6, 4))
+    compiled = fxc.compile(Doubled(), xs, backend="onnxruntime", dynamic_shapes=({0: s}, {0: 2 * s}))
+    compiled.save(str(tmp_path / "a"))
+    loaded = fxc.load(str(tmp_path / "a"))
+    for n in (2, 5, 8):
+        ys = (torch.randn(n, 4), torch.randn(2 * n, 4))
+        torch.testing.assert_close(loaded(*ys), Doubled()(*ys))
+    with pytest.raises(fxc.FxcInputError, match=r"input 'y': axis 0 \(2\*s\) expected size 10, "
+                                                r"got 12 \(axis 0 of input 'x' is s = 5\)"):
+        loaded(torch.randn(5, 4), torch.randn(12, 4))
