@@ -13,8 +13,8 @@ as three kernels, the SE block's gate as two more, where Inductor runs the conv 
 generated kernel. After this pass the bias add, the activation and what follows (the residual
 add, a layer scale, the SE mean) are one region.
 
-Kept as they are: the one-kernel paths of fxc/ops/conv.py, decided from the graph's metas the
-way that file decides at run time: cuDNN's fused conv + bias (+ add) + relu/relu6 (one group,
+Kept as they are: the one-kernel paths of fxc/ops/conv.py, decided by that file's own tests
+(fused_relu_fits, gemm_fits) on the graph's metas: cuDNN's fused conv + bias (+ add) + relu/relu6 (one group,
 fp16/fp32, one dtype), and the 1x1 conv run as a GEMM with the bias in its epilogue
 (channels_last half input, stride 1, unpadded, one group, identity or relu); a conv whose
 shapes are symbolic (fuse_regions refuses those regions, the fused op stays better); a bias-only
@@ -33,6 +33,7 @@ import torch.fx as fx
 
 import fxc.ops  # noqa: F401  (torch.ops.fxc.*)
 from fxc import ir
+from fxc.ops import conv as conv_ops
 
 from . import fuse_regions, noops
 from .manager import PassContext, PassResult
@@ -41,8 +42,6 @@ from .rewrite import is_graph_output, is_op
 aten = torch.ops.aten
 CONV_ACT = torch.ops.fxc.conv2d_act.default
 CONV_ADD_ACT = torch.ops.fxc.conv2d_add_act.default
-_CUDNN_DTYPES = (torch.float16, torch.float32)
-_GEMM_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
@@ -103,24 +102,15 @@ def _meta(n) -> torch.Tensor | None:
     return n if isinstance(n, torch.Tensor) else ir.tensor_meta(n) if isinstance(n, fx.Node) else None
 
 
-def _relu_like(act: str, act_args) -> bool:
-    return act == "relu" or (act == "hardtanh" and act_args[0] == 0.0 and act_args[1] >= 0.0)
-
-
 def _one_kernel(a: dict) -> bool:
-    """Does fxc/ops/conv.py run this fused op as one library kernel (its module docstring)?"""
-    x, w, b = _meta(a["x"]), _meta(a["w"]), _meta(a["b"])
+    """Does fxc/ops/conv.py run this fused op as one library kernel? Its own tests, on metas."""
+    x, w, b, r = (_meta(a[k]) for k in ("x", "w", "b", "residual"))
     if x is None or w is None or x.dim() != 4 or w.dim() != 4:
         return True  # not the 2-D case this pass splits
-    one_group = int(a["groups"]) == 1 and w.shape[1] == x.shape[1]
-    same = all(t.dtype == x.dtype for t in (w, b, _meta(a["residual"])) if t is not None)
-    if _relu_like(a["act"], a["act_args"]) and one_group and same and x.dtype in _CUDNN_DTYPES:
+    if conv_ops.fused_relu_fits(x, w, b, a["act"], a["act_args"], *([r] if r is not None else [])):
         return True  # cuDNN's fused conv + bias (+ add) + relu
-    gemm = (a["residual"] is None and b is not None and tuple(w.shape[2:]) == (1, 1)
-            and all(int(s) == 1 for s in a["stride"]) and all(int(p) == 0 for p in a["padding"])
-            and one_group and same and x.dtype in _GEMM_DTYPES
-            and x.is_contiguous(memory_format=torch.channels_last))
-    return gemm and (a["act"] == "identity" or _relu_like(a["act"], a["act_args"]))
+    return r is None and conv_ops.gemm_fits(x, w, b, a["stride"], a["padding"], int(a["groups"]),
+                                            a["act"], a["act_args"])
 
 
 def _plain_takes(conv: fx.Node) -> bool:
@@ -128,11 +118,9 @@ def _plain_takes(conv: fx.Node) -> bool:
     args = conv.args
     if len(args) < 9 or args[2] is None or args[6] or not _static(conv):
         return False
-    if _empty({"x": args[0], "w": args[1]}):
+    if _empty({"x": args[0], "w": args[1]}) or _meta(args[0]).dim() != 4:
         return False
-    if _meta(args[0]) is None or _meta(args[0]).dim() != 4 or is_graph_output(conv):
-        return False
-    if len(conv.users) != 1:
+    if is_graph_output(conv) or len(conv.users) != 1:
         return False
     user = next(iter(conv.users))
     return user.op == "call_function" and fuse_regions.fusible(user) is None

@@ -84,12 +84,11 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
                             Rule("sdpa", match_sdpa, apply_sdpa)], ctx)
     # which kernel runs each SDPA may have changed: views of its output must hold for any
     reshaped = sdpa_views.fix(gm)
-    if reshaped:
-        result.notes.append(f"{len(reshaped)} view(s) of an SDPA output became reshape: their "
-                            f"input's layout depends on the attention kernel ({', '.join(reshaped[:3])})")
     result.stats = {"sdpa": sum(1 for n in gm.graph.nodes
                                 if is_op(n, aten.scaled_dot_product_attention.default))}
     if reshaped:
+        result.notes.append(f"{len(reshaped)} view(s) of an SDPA output became reshape: their "
+                            f"input's layout depends on the attention kernel ({', '.join(reshaped[:3])})")
         result.stats["sdpa_views_reshaped"] = len(reshaped)
     return result
 

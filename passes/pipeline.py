@@ -22,6 +22,12 @@ from . import layout, rotary
 from . import repair_views
 from .manager import Pass
 
+def _generates(o) -> bool:
+    """Generated kernels run: asked for, or by default on CUDA (fuse_regions.not_here says
+    why not where the engine is another)."""
+    return o.generated_kernels or (o.device.type == "cuda" and o.generated_kernels is None)
+
+
 PIPELINE: list[Pass] = [
     Pass("dce", dce.run, numerics="exact", static_only=None),  # drop what nothing uses (export leaves some)
     Pass("noops", noops.run, numerics="exact", static_only=None),  # drop identity ops, shrink permute/view/cast chains
@@ -48,13 +54,13 @@ PIPELINE: list[Pass] = [
          when=lambda o: o.device.type == "cuda",
          static_only="channels-last is chosen by timing the convs at the compile shapes"),
     Pass("conv_epilogue", conv_epilogue.run, numerics="lowp",  # conv bias/act no library kernel fuses -> ops
-         when=lambda o: o.generated_kernels or (o.device.type == "cuda" and o.generated_kernels is None),
+         when=_generates,
          static_only=None),  # a conv with a symbolic shape stays fused (fuse_regions would refuse it)
     Pass("rotary", rotary.run, numerics="exact",  # rotate_half's neg + cat -> a select of views, so the next pass fuses RoPE whole
-         when=lambda o: o.generated_kernels or (o.device.type == "cuda" and o.generated_kernels is None),
+         when=_generates,
          static_only=None),
     Pass("fuse_regions", fuse_regions.run, numerics="lowp",  # what is left: pointwise/row regions -> generated Triton kernels
-         when=lambda o: o.generated_kernels or (o.device.type == "cuda" and o.generated_kernels is None),
+         when=_generates,
          static_only=None),  # refuses each region with a symbolic shape itself, saying so
 ]
 

@@ -44,7 +44,7 @@ def fix(gm: fx.GraphModule) -> list[str]:
 
 def _layouts(val: torch.Tensor) -> list[torch.Tensor]:
     """Meta tensors of the SDPA result's shape as each kernel family lays it out."""
-    math = torch.empty_strided(val.shape, _contiguous(val.shape), dtype=val.dtype, device="meta")
+    math = torch.empty(val.shape, dtype=val.dtype, device="meta")
     if val.dim() != 4:
         return [math]
     b, h, s, d = val.shape
@@ -65,10 +65,3 @@ def _walk(node: fx.Node, layouts: list[torch.Tensor]) -> list[str]:
                 fixed.append(user.name)
     return fixed
 
-
-def _contiguous(shape) -> tuple:
-    strides, acc = [], 1
-    for s in reversed(shape):
-        strides.append(acc)
-        acc = acc * s
-    return tuple(reversed(strides))

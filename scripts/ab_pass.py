@@ -17,6 +17,7 @@ import torch
 import fxc
 from fxc import timing
 from fxc.models import get
+from garden_check import strict_fp32  # scripts/ is on sys.path when run as a script
 
 
 def _compile(model, xs, dev, precision, disable, graphs=True):
@@ -43,11 +44,8 @@ def main() -> None:
         model, xs = get(name, size=a.size, batch=int(batch), seed=0)
         model, xs = model.to(dev), tuple(x.to(dev) for x in xs)
         sets = timing.rotated_inputs(xs)
-        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-        with torch.no_grad():
+        with torch.no_grad(), strict_fp32():
             want = model(*xs)
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
         runs = {}
         for label, disable in (("with", ()), ("without", (a.pass_name,))):
             c = _compile(model, xs, dev, a.precision, disable)

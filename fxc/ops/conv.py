@@ -103,7 +103,7 @@ _GEMM_DTYPES = (torch.float16, torch.bfloat16)
 _NO_FUSED_ENGINE: set = set()  # geometries cuDNN refused once: (fn, dtype, kernel size)
 
 
-def _relu_like(act: str, act_args: Sequence[float]) -> bool:
+def relu_like(act: str, act_args: Sequence[float]) -> bool:
     """relu, or hardtanh [0, hi] (relu6): relu followed by min(., hi) computes it exactly."""
     return act == "relu" or (act == "hardtanh" and act_args[0] == 0.0 and act_args[1] >= 0.0)
 
@@ -113,18 +113,26 @@ def _clamped(y: torch.Tensor, act: str, act_args: Sequence[float]) -> torch.Tens
     return y.clamp_max_(float(act_args[1])) if act == "hardtanh" else y
 
 
+def fused_relu_fits(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], act: str,
+                    act_args: Sequence[float], *others: torch.Tensor) -> bool:
+    """The convs cuDNN's fused kernels take: relu only (relu6 clamps after), 2-D, one group,
+    fp16/fp32, one dtype, non-empty (shapes and dtypes alone: metas answer it too, which is
+    how passes/conv_epilogue.py knows what stays one kernel)."""
+    return (relu_like(act, act_args)
+            and x.dim() == 4 and w.dim() == 4 and x.numel() > 0 and x.dtype in _FAST_DTYPES
+            and w.shape[1] == x.shape[1]  # one group (module docstring)
+            and all(t.dtype == x.dtype for t in (w, *others) + ((b,) if b is not None else ())))
+
+
 def _cudnn_fusable(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], act: str,
                    act_args: Sequence[float], fn_name: str, *others: torch.Tensor) -> bool:
-    """cuDNN's fused kernels compute relu only (relu6 clamps after), 2-D, one group,
-    fp16/fp32, one dtype, non-empty, and never deterministically (they pass
-    deterministic=false): fall back where any fails, or where cuDNN refused this geometry."""
-    return (_relu_like(act, act_args) and hasattr(torch, fn_name)
+    """fused_relu_fits, on a cuDNN that is there and may run non-deterministically (the fused
+    kernels pass deterministic=false): fall back where any fails, or where cuDNN refused this
+    geometry."""
+    return (fused_relu_fits(x, w, b, act, act_args, *others) and hasattr(torch, fn_name)
             and torch.backends.cudnn.is_available()
             and torch.backends.cudnn.enabled and not torch.backends.cudnn.deterministic
             and not torch.are_deterministic_algorithms_enabled()
-            and x.dim() == 4 and w.dim() == 4 and x.numel() > 0 and x.dtype in _FAST_DTYPES
-            and w.shape[1] == x.shape[1]  # one group (module docstring)
-            and all(t.dtype == x.dtype for t in (w, *others) + ((b,) if b is not None else ()))
             and _engine_key(fn_name, x, w) not in _NO_FUSED_ENGINE)
 
 
@@ -141,9 +149,9 @@ def _try_cudnn(fn_name: str, x, w, call: Callable) -> Optional[torch.Tensor]:
         return None
 
 
-def _gemm_fits(x, w, b, stride, padding, groups, act, act_args) -> bool:
+def gemm_fits(x, w, b, stride, padding, groups, act, act_args) -> bool:
     """The 1x1 conv that is exactly a GEMM on the channels_last view (module docstring)."""
-    return ((act == "identity" or _relu_like(act, act_args)) and b is not None
+    return ((act == "identity" or relu_like(act, act_args)) and b is not None
             and x.dim() == 4 and w.dim() == 4 and tuple(w.shape[2:]) == (1, 1)
             and all(s == 1 for s in stride) and all(p == 0 for p in padding) and groups == 1
             and x.numel() > 0 and x.dtype in _GEMM_DTYPES and w.dtype == x.dtype == b.dtype
@@ -184,7 +192,7 @@ def _(x, w, b, stride, padding, dilation, groups, act, act_args):
 @conv2d_act.register_kernel("cuda")
 def _(x, w, b, stride, padding, dilation, groups, act, act_args):
     check_act(act, act_args)
-    if _gemm_fits(x, w, b, stride, padding, groups, act, act_args):
+    if gemm_fits(x, w, b, stride, padding, groups, act, act_args):
         return _conv1x1_gemm(x, w, b, act, act_args)
     fn = "cudnn_convolution_relu"
     if _cudnn_fusable(x, w, b, act, act_args, fn):
