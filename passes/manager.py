@@ -106,6 +106,7 @@ def run_pipeline(gm: fx.GraphModule, ctx: PassContext, pipeline: list[Pass],
                     (str(e).strip().splitlines() or [""])[0][:200]
                 records.append(PassRecord(p.name, 0.0, 0, ir.count_compute(gm), skipped=why))
                 log.warning("pass %s %s", p.name, why)
+                log.debug("pass %s: the failure on symbolic shapes", p.name, exc_info=e)
                 continue
             if isinstance(e, FxcError):
                 raise

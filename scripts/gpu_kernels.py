@@ -39,7 +39,8 @@ def kernel_table(fn, args, calls=10, label=""):
     n_k = sum(cnt.values()) / calls
     t_k = sum(tot.values()) / calls / 1e3
     print(f"KERNELS {label}: {n_k:.0f} kernels/call, kernel time {t_k:.3f} ms/call")
-    for name, us in sorted(tot.items(), key=lambda kv: -kv[1])[:12]:
+    import os
+    for name, us in sorted(tot.items(), key=lambda kv: -kv[1])[:int(os.environ.get("KTOP", 12))]:
         print(f"   {us / calls / 1e3:8.4f} ms  x{cnt[name] / calls:4.0f}  {name[:110]}")
 
 
@@ -104,6 +105,10 @@ def main():
                       cuda_graphs=False, **opts)
     print(f"fxc step loop: {timing.measure(nog, sets, device=dev, iters=50)}")
     kernel_table(nog, example, label=f"fxc {name} b{batch}")
+    if os.environ.get("REPORT"):  # what the passes left: rewrites fired, ops left as ATen kernels
+        text = c.report()
+        at = text.find("rewrites that fired")
+        print(text[at if at >= 0 else 0:][:4000])
     if "--eager" in rest:
         f = bench._eager(model, "fp16", dev)
         print(f"eager fp16: {timing.measure(f, sets, device=dev, iters=50)}")

@@ -1,0 +1,82 @@
+"""Audit a dynamic-shape compile: run the torch engine's step loop at a size other than the
+example's and compare each step's result with its node's meta evaluated at that size. A
+mismatch is a stale meta (a pass wrote a concrete meta on a symbolic graph) or a planned view
+made at the wrong size; either lets an out= kernel resize its arena view over its neighbours.
+
+  python3 scripts/shape_audit.py [--device cuda] [--model bert] [--at 1,8] [fxc option=value ...]
+
+Prints the passes that were skipped or rolled back (and why), then every mismatching step
+with its op, planned/sized flags, the meta's shape at the call's sizes and the actual shape.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import warnings
+
+import torch
+from torch.export import Dim
+
+import fxc
+from fxc.models import get
+from fxc.runtime import torch_engine as te
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model", default="bert")
+    ap.add_argument("--at", default="1,8", help="batch,seq of the audited call")
+    ap.add_argument("options", nargs="*", help="extra fxc.compile options, key=value (python literals)")
+    a = ap.parse_args()
+    logging.getLogger("fxc").setLevel(logging.DEBUG)
+    extra = {k: eval(v) for k, v in (o.split("=", 1) for o in a.options)}  # noqa: S307 - a dev tool
+    model, xs = get(a.model, size="tiny", batch=2)
+    dev = torch.device(a.device)
+    model, xs = model.to(dev), tuple(x.to(dev) for x in xs)
+    b, s = Dim("batch", min=1, max=16), Dim("seq", min=8, max=64)
+    c = fxc.compile(model, xs, backend="torch", precision="fp32", cuda_graphs=False,
+                    dynamic_shapes=({0: b, 1: s}, {0: b, 1: s}), **extra)
+    for line in c.report().splitlines():
+        if "rolled back" in line or "needs static" in line:
+            print("REPORT", line.strip())
+    eng = c.engine
+    n, t = (int(v) for v in a.at.split(","))
+    ys = [x[:1, :1].expand(n, t).contiguous() for x in xs]
+    values = te._symbol_values(__import__("fxc.dynamic", fromlist=["x"]).input_symbols(eng.gm), ys)
+    cache: dict = {}
+    env = eng._fresh_env(ys)
+    sized = eng._sized.views(ys) if eng._sized is not None else {}
+    bad = 0
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # an out= resize warning becomes the step's failure
+        for step in eng.steps:
+            args, kwargs = te._fill(step, env)
+            if step.sized:
+                kwargs = {**kwargs, **sized[step.node.name]}
+            meta = step.node.meta.get("val")
+            want = te._layout_at(meta, values, cache)[0] if isinstance(meta, torch.Tensor) else None
+            try:
+                res = step.fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - reported
+                print(f"FAIL %{step.node.name} {step.node.target} planned={step.planned} "
+                      f"sized={step.sized} meta={tuple(meta.shape) if want else None}: "
+                      f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
+                res = step.node.target(*args, **{k: v for k, v in kwargs.items() if k != "out"}) \
+                    if not step.planned else None
+                bad += 1
+                if res is None:
+                    break
+            if isinstance(res, torch.Tensor) and want is not None and tuple(res.shape) != want:
+                bad += 1
+                print(f"STALE %{step.node.name} {step.node.target} planned={step.planned} "
+                      f"sized={step.sized} meta@call={want} actual={tuple(res.shape)} "
+                      f"meta={tuple(meta.shape)}")
+            env[step.out] = res
+            for sl in step.frees:
+                env[sl] = None
+    print(f"audited {len(eng.steps)} steps at {values}: {bad} problems")
+
+
+if __name__ == "__main__":
+    main()
