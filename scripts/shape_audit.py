@@ -22,6 +22,34 @@ from fxc.models import get
 from fxc.runtime import torch_engine as te
 
 
+def _symbolic(v) -> bool:
+    vs = v if isinstance(v, (tuple, list)) else [v]
+    return any(isinstance(t, torch.Tensor) and not all(isinstance(d, int) for d in t.shape) for t in vs)
+
+
+def meta_census(stage: str, gm) -> None:
+    """Nodes whose meta is concrete though an input's is symbolic: where a stage specialised."""
+    sym = [n for n in gm.graph.nodes if _symbolic(n.meta.get("val"))]
+    stale = [n.name for n in gm.graph.nodes if n.op == "call_function"
+             and not _symbolic(n.meta.get("val"))
+             and any(_symbolic(a.meta.get("val")) for a in n.all_input_nodes)]
+    print(f"STAGE {stage:<22} symbolic metas {len(sym):4d}  concrete fed by symbolic "
+          f"{len(stale):3d} {stale[:8]}")
+
+
+class _Census:
+    """Stands in for fxc.api.StageDumper: calls meta_census after each pass."""
+
+    def __init__(self, *_a, **_k):
+        pass
+
+    def __call__(self, stage, gm):
+        meta_census(stage, gm)
+
+    def finish(self, *_a, **_k):
+        pass
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
@@ -35,8 +63,11 @@ def main() -> None:
     dev = torch.device(a.device)
     model, xs = model.to(dev), tuple(x.to(dev) for x in xs)
     b, s = Dim("batch", min=1, max=16), Dim("seq", min=8, max=64)
+    import fxc.api
+    fxc.api.StageDumper = _Census
     c = fxc.compile(model, xs, backend="torch", precision="fp32", cuda_graphs=False,
-                    dynamic_shapes=({0: b, 1: s}, {0: b, 1: s}), **extra)
+                    dynamic_shapes=({0: b, 1: s}, {0: b, 1: s}), dump_dir="unused", **extra)
+    meta_census("after build", c.engine.gm)
     for line in c.report().splitlines():
         if "rolled back" in line or "needs static" in line:
             print("REPORT", line.strip())

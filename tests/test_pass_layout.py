@@ -254,8 +254,12 @@ def test_cuda_measures_both_layouts_and_keeps_the_faster(precision):
     assert lines[0].startswith("contiguous (NCHW): ")
     assert lines[1].startswith("channels_last (NHWC): ")
     kept = lines[2] == "kept channels_last"
-    has_cl = any(n.kwargs.get("memory_format") == CL for n in ir.call_nodes(c.graph))
-    assert kept == has_cl
+    # what the graph's convs read: a later pass (fuse_regions) may absorb the conversion
+    # node itself into a generated kernel that writes channels-last, so look at the layouts
+    convs = [n for n in ir.call_nodes(c.graph) if "conv" in str(n.target)]
+    has_cl = any(n.args[0].meta["val"].dim() == 4 and n.args[0].meta["val"].shape[1] > 1
+                 and n.args[0].meta["val"].is_contiguous(memory_format=CL) for n in convs)
+    assert convs and kept == has_cl
     with torch.no_grad():
         expected = model.cuda()(x.cuda())
     for a, b in zip(c(x.cuda()), expected):

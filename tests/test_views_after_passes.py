@@ -146,4 +146,7 @@ def test_a_partial_rotary_decoder_compiles_in_fp16_on_cuda():
     compiled = fxc.compile(model, (ids,), device="cuda", precision="fp16")
     out = compiled(ids).float()
     assert (out - ref).norm() / ref.norm() < 5e-3
-    assert "contiguous copy" in str(compiled.report())
+    # repaired either way: repair_views copies, or fuse_attention's sdpa_views turns the view
+    # of the attention output into a reshape (H200, torch 2.11: the reshape)
+    report = str(compiled.report())
+    assert "contiguous copy" in report or "became reshape" in report
