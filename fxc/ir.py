@@ -85,20 +85,39 @@ def count_compute(gm: fx.GraphModule) -> int:
 def infer_meta(gm: fx.GraphModule) -> None:
     """Recompute meta["val"] of every node by fake execution (after a pass made new nodes).
 
-    A fresh FakeTensorMode each time: placeholders are rebuilt from their recorded
-    shape/stride/dtype/device, and parameters (get_attr) are converted from the real tensors.
+    Static graphs: a fresh FakeTensorMode each time, placeholders rebuilt from their recorded
+    shape/stride/dtype/device, parameters (get_attr) converted from the real tensors. Symbolic
+    graphs: the mode that owns the placeholders' symbols (symbolic_mode), so sizes stay
+    symbols; a fresh mode has no ShapeEnv and may specialise them to their hints.
     """
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
-    inputs = []
-    with mode:
-        for n in gm.graph.nodes:
-            if n.op == "placeholder":
-                val = n.meta["val"]
-                if isinstance(val, torch.Tensor):
-                    val = torch.empty_strided(val.shape, val.stride(), dtype=val.dtype,
-                                              device=val.device)
-                inputs.append(val)
+    placeholders = [n.meta["val"] for n in gm.graph.nodes if n.op == "placeholder"]
+    mode = symbolic_mode(placeholders) or FakeTensorMode(allow_non_fake_inputs=True)
+    inputs = [in_mode(v, mode) for v in placeholders]
     FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*inputs)
+
+
+def _is_symbolic_tensor(v: Any) -> bool:
+    return isinstance(v, torch.Tensor) and not all(
+        isinstance(s, int) for s in (*v.shape, *v.stride()))
+
+
+def symbolic_mode(metas: Iterable[Any]) -> FakeTensorMode | None:
+    """The fake mode owning the symbolic sizes among `metas` (tensors or tuples of them), or
+    None when every size is an int. New metas of a symbolic graph must be computed in it: its
+    ShapeEnv knows the symbols' ranges and relations, a fresh mode does not."""
+    for v in metas:
+        for t in (v if isinstance(v, (tuple, list)) else (v,)):
+            if _is_symbolic_tensor(t) and getattr(t, "fake_mode", None) is not None:
+                return t.fake_mode
+    return None
+
+
+def in_mode(v: Any, mode: FakeTensorMode) -> Any:
+    """`v` as a fake tensor of `mode` (itself if it already is one); non-tensors unchanged."""
+    if not isinstance(v, torch.Tensor) or getattr(v, "fake_mode", None) is mode:
+        return v
+    with mode:
+        return torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device=v.device)
 
 
 def _same_meta(a: Any, b: Any) -> bool:
@@ -160,18 +179,18 @@ def fmt_meta(node: fx.Node) -> str:
 def infer_node_meta(node: fx.Node) -> None:
     """Set meta["val"] of one call_function node from its inputs' meta, by fake execution.
 
-    For passes that create a node: cheaper than re-propagating the whole graph.
+    For passes that create a node: cheaper than re-propagating the whole graph. Inputs with
+    symbolic sizes are run in the mode that owns their symbols (symbolic_mode): a fresh mode
+    would specialise them (seen with torch 2.11 on CUDA: matmul and the ops after it got the
+    example's sizes, and the memory plan then sized their buffers for it alone).
     """
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    metas = [a.meta.get("val") for a in node.all_input_nodes]
+    mode = symbolic_mode(metas) or FakeTensorMode(allow_non_fake_inputs=True)
     memo: dict[fx.Node, Any] = {}
 
     def fake(n: fx.Node):
         if n not in memo:
-            v = n.meta["val"]
-            if isinstance(v, torch.Tensor):
-                with mode:
-                    v = torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device=v.device)
-            memo[n] = v
+            memo[n] = in_mode(n.meta["val"], mode)
         return memo[n]
 
     args = fx.node.map_arg(node.args, fake)

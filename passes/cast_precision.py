@@ -384,7 +384,9 @@ class _Rewriter:
         self.float_nodes = 0
         self.views_repaired: list[str] = []  # views that now read a contiguous copy
         self.entry = next((n for n in gm.graph.nodes if n.op not in ("placeholder", "get_attr")))
-        self.mode = FakeTensorMode(allow_non_fake_inputs=True)
+        # a symbolic graph's new metas live in the mode owning its symbols (ir.symbolic_mode)
+        self.mode = ir.symbolic_mode(n.meta.get("val") for n in gm.graph.nodes
+                                     if n.op == "placeholder") or FakeTensorMode(allow_non_fake_inputs=True)
 
     def rewrite(self, ctx: PassContext) -> None:
         placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]

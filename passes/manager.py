@@ -97,8 +97,11 @@ def run_pipeline(gm: fx.GraphModule, ctx: PassContext, pipeline: list[Pass],
             continue
         t0 = time.perf_counter()
         saved = _Snapshot(gm) if symbolic else None
+        was_symbolic = _symbolic_nodes(gm) if symbolic else set()
         try:
             result = p.fn(gm, ctx)
+            if symbolic:
+                check_still_symbolic(gm, p.name, was_symbolic)
         except Exception as e:
             if saved is not None:  # symbolic shapes: roll back, skip it, say why
                 saved.restore(gm)
@@ -113,8 +116,6 @@ def run_pipeline(gm: fx.GraphModule, ctx: PassContext, pipeline: list[Pass],
             # a bug in a pass: say which pass, keep the cause chained
             raise FxcPassError(p.name, f"{type(e).__name__}: {e}") from e
         gm.recompile()
-        if symbolic:
-            check_still_symbolic(gm, p.name)
         ms = (time.perf_counter() - t0) * 1e3
         records.append(PassRecord(p.name, ms, result.rewrites, ir.count_compute(gm),
                                   notes=result.notes, stats=result.stats))
@@ -150,11 +151,21 @@ class _Snapshot:
         gm.recompile()
 
 
-def check_still_symbolic(gm: fx.GraphModule, pass_name: str) -> None:
-    """A pass on a symbolic graph must keep it so: inputs still symbolic, and no argument a
-    concrete SymInt (a size read off meta and written into the graph: fixed at trace time)."""
+def _symbolic_nodes(gm: fx.GraphModule) -> set[str]:
+    return {n.name for n in gm.graph.nodes if ir.symbolic_mode([n.meta.get("val")]) is not None}
+
+
+def check_still_symbolic(gm: fx.GraphModule, pass_name: str, was: set[str] = frozenset()) -> None:
+    """A pass on a symbolic graph must keep it so: inputs still symbolic, no node of `was` (the
+    nodes whose metas had symbolic sizes before it) now with a concrete meta (the memory plan
+    would size its buffer for one shape), and no argument a concrete SymInt (a size read off
+    meta and written into the graph: fixed at trace time). A failure rolls the pass back."""
     if not is_symbolic(gm):
         raise FxcPassError(pass_name, "made the graph's symbolic input sizes static")
+    for node in gm.graph.nodes:
+        if node.name in was and ir.symbolic_mode([node.meta.get("val")]) is None:
+            raise FxcPassError(pass_name, "specialised a symbolic meta to the example's sizes",
+                               node=ir.describe(node))
     for node in gm.graph.nodes:
         baked = []
         fx.node.map_aggregate((node.args, node.kwargs), lambda a: baked.append(a)
