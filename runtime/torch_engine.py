@@ -130,8 +130,10 @@ class TorchEngine:
         arena = Arena(plan)
         calls = self._planned_calls(plan, arena, values)
         demoted: dict[str, str] = {}
+        probed: list[str] = []
         if example_inputs is not None:
-            demoted, lies = self._probe(example_inputs, calls)
+            ends = _range_ends(values, declared)
+            demoted, lies, probed = self._probe(example_inputs, calls, plan, arena, ends)
             for name in lies:  # its out= form cannot be trusted either
                 demoted.setdefault(name, "returns an alias of an input (its schema says fresh)")
             if demoted or lies:
@@ -156,6 +158,8 @@ class TorchEngine:
             lines = ["symbolic shapes: tensors sized by a symbol with a declared maximum are "
                      "planned at it, their arena views made per call; the rest are allocated per "
                      "call (reasons below)"] + lines
+        if len(probed) > 1:
+            lines.append("out= calls probed at " + "; ".join(probed))
         self.report_sections.append((f"Memory plan ({', '.join(plan.arenas) or 'nothing planned'})",
                                      lines))
 
@@ -190,12 +194,38 @@ class TorchEngine:
             calls[step.node.name] = (ov.op, views)
         return calls
 
-    def _probe(self, example_inputs, calls) -> tuple[dict[str, str], set[str]]:
-        """Run the functional steps once; check each planned out= call against its functional
-        call on the same arguments, and each 'fresh' result against its inputs' storage.
-        Returns (node -> why its out= call is refused, nodes that alias an input anyway)."""
-        demoted, lies = {}, set()
-        env = self._fresh_env(example_inputs)
+    def _probe(self, example_inputs, calls, plan: mp.MemoryPlan, arena: Arena,
+               ends: list[dict[str, int]]) -> tuple[dict[str, str], set[str], list[str]]:
+        """Probe the planned out= calls at the example inputs, then at each of `ends` (symbol
+        values: a symbolic graph's range ends) on the example resized to them, with the arena
+        views of that size. An out= call is trusted only if it behaves at every probed size:
+        a kernel may resize its out, or broadcast differently, at size 1 or at the maximum only.
+        Returns (node -> why its out= call is refused, at the first size that showed it; nodes
+        that alias an input anyway at some size; the sizes probed, for the report)."""
+        demoted: dict[str, str] = {}
+        lies: set[str] = set()
+        self._probe_at(example_inputs, calls, demoted, lies, "")
+        probed = ["the example's sizes"]
+        for at in ends:
+            size = ", ".join(f"{k}={n}" for k, n in sorted(at.items()))
+            try:
+                self._probe_at(self._inputs_at(example_inputs, at),
+                               self._planned_calls(plan, arena, at), demoted, lies, f" (at {size})")
+                probed.append(size)
+            except Exception as e:  # the graph itself fails there: a call at that size would too
+                log.warning("memory plan: out= probe at %s skipped: %s: %s", size, type(e).__name__, e)
+                probed.append(f"{size} (stopped: {type(e).__name__})")
+        for name, why in demoted.items():
+            log.info("memory plan: %%%s not planned: %s", name, why)
+        return demoted, lies, probed
+
+    def _probe_at(self, inputs, calls, demoted: dict[str, str], lies: set[str], where: str) -> None:
+        """Run the functional steps once on `inputs`; check each planned out= call (`calls`: its
+        views at these inputs' sizes) against its functional call on the same arguments, and
+        each 'fresh' result against its inputs' storage. Adds to `demoted` (node -> why, tagged
+        `where`; a reason already there is kept) and `lies` as it goes, so what a point found
+        before a failing step is kept."""
+        env = self._fresh_env(inputs)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a resized out= tensor warns; we refuse it below
             for step in self.steps:
@@ -203,16 +233,27 @@ class TorchEngine:
                 res = step.fn(*args, **kwargs)
                 if mp.fresh_by_schema(step.node) and _shares_storage(res, args, kwargs):
                     lies.add(step.node.name)
-                if step.node.name in calls:
+                if step.node.name in calls and step.node.name not in demoted:
                     why = _check_out_call(step.node, res, calls[step.node.name], args, kwargs)
                     if why:
-                        demoted[step.node.name] = why
+                        demoted[step.node.name] = why + where
                 env[step.out] = res
                 for s in step.frees:
                     env[s] = None
-        for name, why in demoted.items():
-            log.info("memory plan: %%%s not planned: %s", name, why)
-        return demoted, lies
+
+    def _inputs_at(self, example_inputs, values: dict[str, int]) -> list:
+        """The example inputs at the symbols' `values`: each symbolically sized input cut or
+        grown to its shape there (_resized), so it holds only values the example holds (token
+        ids stay valid indices, masks stay masks); other inputs as given."""
+        placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+        out = []
+        for node, x in zip(placeholders, example_inputs):
+            meta = node.meta.get("val")
+            if isinstance(x, torch.Tensor) and isinstance(meta, torch.Tensor) and any(
+                    isinstance(n, torch.SymInt) for n in meta.shape):
+                x = _resized(x, _layout_at(meta, values, self._layouts)[0])
+            out.append(x)
+        return out
 
     def _setup_cuda(self, options, example_inputs) -> None:
         runner, status = None, "off (cuda_graphs=False)"
@@ -317,6 +358,36 @@ class _SizedViews:
 
 def _symbol_values(where: dict[str, tuple[int, int, int, int]], inputs) -> dict[str, int]:
     return {k: (inputs[i].shape[axis] - b) // a for k, (i, axis, a, b) in where.items()}
+
+
+def _range_ends(example: dict[str, int], declared: dict) -> list[dict[str, int]]:
+    """The symbol values to probe besides the example's: every symbol at its declared low, then
+    every one at its declared high (a symbol without a declared bound keeps the example's value
+    there), as MemoryPlan.verify checks; a point equal to the example's or to the one before
+    is left out. Two points, not every corner: the probe runs the whole graph per point."""
+    def end(k, v, i):
+        bound = declared.get(k, (None, None))[i]
+        return v if bound is None else bound
+    low = {k: end(k, v, 0) for k, v in example.items()}
+    high = {k: end(k, v, 1) for k, v in example.items()}
+    return [p for p in (low, high) if p != example and not (p is high and p == low)]
+
+
+def _resized(x: torch.Tensor, shape) -> torch.Tensor:
+    """`x` cut or grown to `shape`, axis by axis: a shorter axis keeps its first slices, a longer
+    one repeats its last slice (zeros if it had none), so every value is one `x` holds. Dense,
+    with x's order of strides (channels-last stays channels-last): laid out as a caller's would be."""
+    order = sorted(range(x.dim()), key=lambda d: -x.stride(d))  # outermost axis first
+    for d, n in enumerate(shape):
+        have = x.shape[d]
+        if n < have:
+            x = x.narrow(d, 0, n)
+        elif n > have:
+            grow = (*x.shape[:d], n - have, *x.shape[d + 1:])
+            extra = x.narrow(d, have - 1, 1).expand(grow) if have else x.new_zeros(grow)
+            x = torch.cat([x, extra], d)
+    out = torch.empty_permuted(x.shape, order, dtype=x.dtype, device=x.device)
+    return out.copy_(x)
 
 
 def _layout_at(meta: torch.Tensor, values: dict[str, int], cache: dict) -> tuple[tuple, tuple, int]:
