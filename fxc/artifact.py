@@ -21,6 +21,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -48,9 +49,14 @@ def save(compiled, directory: str) -> str:
     """Write `compiled`'s artifact into `directory`; returns the manifest path.
 
     Atomic: everything is written into a fresh staging directory beside `directory`, flushed,
-    then swapped into place in one rename, so a save that is killed midway leaves the previous
-    artifact whole (a hidden `.NAME.saving-*` folder may be left beside it). The staging
-    directory is new, so no symlink planted in `directory` is ever written through.
+    then swapped into place with one renameat2(RENAME_EXCHANGE) (Linux), so a save killed at
+    any instant leaves at `directory` the previous artifact or the new one, whole (a hidden
+    `.NAME.saving-*` folder may be left beside it). Where the exchange is unavailable (another
+    OS, or a filesystem without it) the swap is two renames, the old artifact aside to
+    `.NAME.old-*` and then the new one in: a kill between them leaves `directory` absent and the
+    previous artifact whole in the aside, which `load(directory)` then reads and the next
+    completed save removes. The staging directory is new, so no symlink planted in `directory`
+    is ever written through.
     `directory` must be absent, empty, or an fxc artifact (which is replaced); anything else
     is refused rather than mixed with or deleted.
     """
@@ -97,6 +103,7 @@ def save(compiled, directory: str) -> str:
             json.dump(manifest, f, indent=1)
         _flush(staging, files + [MANIFEST])
         _swap_into_place(staging, target)
+        _drop_asides(target)  # superseded now: left by a two-rename save killed midway
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # after a swap it holds the old artifact
     return os.path.join(target, MANIFEST)
@@ -152,17 +159,55 @@ def _swap_into_place(staging: str, target: str) -> None:
     """Make `staging` the directory at `target`. A missing target is one rename; an existing
     one is exchanged with staging in one renameat2(RENAME_EXCHANGE) (Linux), so at every
     instant `target` is the old artifact or the new one. Where the exchange is unavailable,
-    two renames: a kill between them leaves the old artifact whole in a `.NAME.old-*` folder."""
+    two renames: a kill between them leaves no `target`, and the old artifact whole in a
+    `.NAME.old-*` folder, which load() falls back to (`_asides`). A name of that form only ever
+    holds a whole artifact: it is made by renaming one and left by renaming it elsewhere."""
     if not os.path.exists(target):
         os.rename(staging, target)
     elif not _rename_exchange(staging, target):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-",
-                               dir=os.path.dirname(target))
-        os.rmdir(old)
+        # a fresh name, not mkdtemp + rmdir: a kill between those would leave an empty aside
+        old = os.path.join(os.path.dirname(target),
+                           f"{_aside_prefix(target)}{os.urandom(6).hex()}")
         os.rename(target, old)
         os.rename(staging, target)
         os.rename(old, staging)  # so the caller's cleanup removes the old artifact
     _fsync_dir(os.path.dirname(target))
+
+
+def _aside_prefix(target: str) -> str:
+    return f".{os.path.basename(target)}.old-"
+
+
+def _asides(target: str) -> list[str]:
+    """The `.NAME.old-*` folders beside `target` (whole previous artifacts a two-rename swap
+    left when it was killed between its renames), newest first."""
+    parent, prefix = os.path.dirname(target), _aside_prefix(target)
+    pattern = re.compile(re.escape(prefix) + r"[0-9a-f]{12}")
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        path = os.path.join(parent, name)
+        if (pattern.fullmatch(name) and not os.path.islink(path) and os.path.isdir(path)
+                and os.path.isfile(os.path.join(path, MANIFEST))):
+            found.append((os.stat(os.path.join(path, MANIFEST)).st_mtime_ns, path))
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def _drop_asides(target: str) -> None:
+    """Remove the asides of `target` once a save has put a whole artifact there: each is first
+    renamed to a staging-style name, so a kill during the removal never leaves a partial
+    directory under an aside's name."""
+    for aside in _asides(target):
+        trash = os.path.join(os.path.dirname(target),
+                             f".{os.path.basename(target)}.saving-{os.urandom(6).hex()}")
+        try:
+            os.rename(aside, trash)
+        except OSError:
+            continue
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def _rename_exchange(a: str, b: str) -> bool:
@@ -267,9 +312,16 @@ class LoadedModule:
 def load(directory: str, device: str | torch.device | None = None,
          guard: bool | None = None) -> LoadedModule:
     """Load an artifact written by `CompiledModule.save`; see the module docstring. `guard`
-    (default: the FXC_GUARD environment variable) checks every call's outputs for inf/NaN."""
+    (default: the FXC_GUARD environment variable) checks every call's outputs for inf/NaN.
+    Where `directory` is absent but a save killed between its two renames left the previous
+    artifact aside (`.NAME.old-*`, see `save`), that artifact is loaded, with a warning."""
     if not os.path.isdir(directory):
-        raise FxcArtifactError(f"{directory!r} is not a directory")
+        asides = _asides(os.path.abspath(directory))
+        if not asides:
+            raise FxcArtifactError(f"{directory!r} is not a directory")
+        warnings.warn(f"{directory!r} is missing: a save() into it was killed midway; loading "
+                      f"the previous artifact it left whole at {asides[0]!r}", stacklevel=2)
+        directory = asides[0]
     root = os.path.realpath(directory)
     manifest = _read_manifest(root)
     with _malformed("manifest"):
