@@ -93,13 +93,25 @@ def _register():
         inputs = [s, scale] + ([b.tensor(bias, dt)] if bias is not None else [])
         return [s, b.op("LayerNormalization", inputs, axis=-n, epsilon=float(eps))]
 
+    @converter(fxc_ops.dwconv2d_ln.default)
+    def dwconv2d_ln(b: Builder, node):
+        """fxc::dwconv2d_ln(Tensor x, Tensor weight, Tensor? bias, int[] padding, Tensor? ln_weight, Tensor? ln_bias, float eps) -> Tensor"""
+        x, w, bias, padding, lw, lb, eps = node.args
+        dt = out_meta(node).dtype
+        groups = w.meta["val"].shape[0]
+        y = _conv(b, x, w, bias, [1, 1], padding, [1, 1], groups, dt)
+        y = b.op("Transpose", [y], perm=[0, 2, 3, 1])
+        scale = b.tensor(lw, dt) if lw is not None else b.const(torch.ones(groups, dtype=dt))
+        inputs = [y, scale] + ([b.tensor(lb, dt)] if lb is not None else [])
+        return b.op("LayerNormalization", inputs, axis=-1, epsilon=float(eps))
+
     @converter(fxc_ops.fused_region.default)
     def fused_region(b: Builder, node):
         """fxc::fused_region(Tensor[] inputs, str key) -> Tensor[]: the region's ATen ops,
         inlined, each through its own converter (nodes named `<this node>__<k>`)."""
         return _inline_region(b, node)
 
-    for op in (fxc_ops.conv2d_act.default, fxc_ops.linear_act.default):
+    for op in (fxc_ops.conv2d_act.default, fxc_ops.linear_act.default, fxc_ops.dwconv2d_ln.default):
         batch_rules.register(op, batch_rules.first_arg)
     batch_rules.register(fxc_ops.conv2d_add_act.default, _conv_add_batch)
 

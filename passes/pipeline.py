@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from . import dce
 from . import cse, fold_constants, noops
-from . import flatten_linear, fuse_bn, fuse_conv, fuse_linear
+from . import flatten_linear, fuse_bn, fuse_conv, fuse_dwconv_ln, fuse_linear
 from . import fuse_attention, merge_parallel_linear, recognize_norm_act
 from . import align_gemm, bool_mask, cast_precision, conv_epilogue, fuse_add_norm, fuse_regions
 from . import layout, rotary
@@ -53,6 +53,9 @@ PIPELINE: list[Pass] = [
     Pass("layout", layout.run, numerics="lowp",  # channels-last convs where measured faster (layout.py: why lowp)
          when=lambda o: o.device.type == "cuda",
          static_only="channels-last is chosen by timing the convs at the compile shapes"),
+    Pass("fuse_dwconv_ln", fuse_dwconv_ln.run, numerics="lowp",  # ConvNeXt: depthwise conv + permute + LN -> one kernel
+         when=_generates,
+         static_only=None),  # refuses a symbolic shape itself, saying so
     Pass("conv_epilogue", conv_epilogue.run, numerics="lowp",  # conv bias/act no library kernel fuses -> ops
          when=_generates,
          static_only=None),  # a conv with a symbolic shape stays fused (fuse_regions would refuse it)

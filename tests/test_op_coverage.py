@@ -445,6 +445,10 @@ def _rows() -> dict[Any, list[Case]]:
         Case(fx_ops.add_layer_norm.default, (t(2, 5, 8), t(2, 5, 8), [8], t(8), t(8), 1e-5)),
         Case(fx_ops.add_layer_norm.default, (t(3, 7), t(3, 7), [7], None, None, 1e-6),
              label="no_affine")]
+    r[fx_ops.dwconv2d_ln.default] = [
+        Case(fx_ops.dwconv2d_ln.default, (t(1, 6, 5, 7), t(6, 1, 3, 3), t(6), [1, 1], t(6), t(6), 1e-6)),
+        Case(fx_ops.dwconv2d_ln.default, (t(2, 4, 6, 6), t(4, 1, 7, 7), t(4), [3, 3], None, None, 1e-6),
+             label="no_affine_7x7")]
     r[fx_ops.conv2d_add_act.default] = [
         Case(fx_ops.conv2d_add_act.default, (t(1, 3, 6, 6), t(4, 3, 3, 3), None, t(1, 4, 3, 3),
                                              [2, 2], [1, 1], [1, 1], 1, "relu", []))]

@@ -11,4 +11,5 @@ Every fused op a pass emits lives here, so the graph stays runnable after every 
 One module per op family; importing this package registers them all.
 """
 from . import conv, linear, norm  # noqa: F401  (fxc::conv2d_act, conv2d_add_act, linear_act, add_layer_norm)
+from . import dwconv  # noqa: F401  (fxc::dwconv2d_ln: ConvNeXt's depthwise conv + norm)
 from . import fused  # noqa: F401  (fxc::fused_region: generated kernels, fxc/codegen/)
