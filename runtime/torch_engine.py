@@ -6,8 +6,9 @@ use), as torch.fx's Interpreter computes per call and we compute once.
 
 With `plan_memory` (the default) the intermediates that have a real out= kernel are written
 into typed views of one arena per device (passes/memory_plan.py decides where). Before it
-commits to the plan the engine probes every planned step once on the example inputs: the
-out= call must write in place, in the planned layout, bitwise equal to the functional call,
+commits to the plan the engine probes every planned step on the example inputs (and, for
+symbolic shapes, at the low and high ends of the declared ranges too): the out= call must
+write in place, in the planned layout, bitwise equal to the functional call,
 and every op whose schema promises a fresh tensor must not share its inputs' storage;
 steps that fail are demoted (and named in the report) and the plan is redone without them.
 On CUDA (`cuda_graphs`) the step list is then captured as one CUDA graph
