@@ -96,9 +96,19 @@ def infer_meta(gm: fx.GraphModule) -> None:
     FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*inputs)
 
 
+def free_size(s: Any) -> bool:
+    """Whether a size is still a free symbol: a SymInt whose expression, after the ShapeEnv's
+    replacements, has free symbols (a guard that specialised it leaves a constant SymInt)."""
+    if not isinstance(s, torch.SymInt):
+        return False
+    node = s.node
+    env = getattr(node, "shape_env", None)
+    expr = env.replace(node.expr) if env is not None else node.expr
+    return bool(getattr(expr, "free_symbols", ()))
+
+
 def _is_symbolic_tensor(v: Any) -> bool:
-    return isinstance(v, torch.Tensor) and not all(
-        isinstance(s, int) for s in (*v.shape, *v.stride()))
+    return isinstance(v, torch.Tensor) and any(free_size(s) for s in (*v.shape, *v.stride()))
 
 
 def symbolic_mode(metas: Iterable[Any]) -> FakeTensorMode | None:

@@ -139,6 +139,7 @@ class _Snapshot:
         self.graph.set_codegen(gm.graph._codegen)
         self.buffers, self.params = dict(gm._buffers), dict(gm._parameters)
         self.attrs = {k: v for k, v in gm.__dict__.items() if isinstance(v, torch.Tensor)}
+        self.shapes = _ShapeEnvState(gm)
 
     def restore(self, gm: fx.GraphModule) -> None:
         gm._buffers.clear()
@@ -149,6 +150,56 @@ class _Snapshot:
             gm.__dict__[k] = v
         gm.graph = self.graph
         gm.recompile()
+        self.shapes.restore()
+
+
+class _ShapeEnvState:
+    """What a pass's fake execution can add to the ShapeEnv of a symbolic graph's metas: a guard
+    that evaluates a symbol (int(size), a meta kernel wanting concrete sizes) records a
+    replacement symbol -> its example value, and every meta that reads the symbol is then that
+    constant. A rolled-back pass must take its guards with it (seen on the H200: SDPA's CUDA
+    meta failed inside fuse_attention after specialising BERT's batch and length; the graph came
+    back, the sizes stayed fixed, and the memory plan sized buffers for the example alone)."""
+
+    _FIELDS = ("replacements", "replacements_slocs", "var_to_range", "var_to_range_sloc",
+               "divisible", "axioms", "guards", "specializations", "deferred_runtime_asserts")
+
+    def __init__(self, gm: fx.GraphModule):
+        self.env = _shape_env(gm)
+        self.saved = {}
+        for name in self._FIELDS if self.env is not None else ():
+            v = getattr(self.env, name, None)
+            if isinstance(v, (dict, list)):
+                self.saved[name] = v.copy()
+
+    def restore(self) -> None:
+        if self.env is None:
+            return
+        for name, v in self.saved.items():
+            setattr(self.env, name, v.copy())
+        if hasattr(self.env, "num_deferred_runtime_asserts"):
+            self.env.num_deferred_runtime_asserts = sum(
+                len(a) for a in getattr(self.env, "deferred_runtime_asserts", {}).values())
+        # caches keyed on the state must see it changed: the ShapeEnv's own (a key of its
+        # lengths) and each SymNode's expression (a replacements counter)
+        if callable(getattr(self.env, "_update_version_counter", None)):
+            self.env._update_version_counter()
+        if isinstance(getattr(self.env, "_replacements_version_counter", None), int):
+            self.env._replacements_version_counter += 1
+        for cache in ("fx_node_cache",):
+            c = getattr(self.env, cache, None)
+            if isinstance(c, dict):
+                c.clear()
+
+
+def _shape_env(gm: fx.GraphModule):
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            v = n.meta.get("val")
+            for s in getattr(v, "shape", ()):
+                if isinstance(s, torch.SymInt):
+                    return s.node.shape_env
+    return None
 
 
 def _symbolic_nodes(gm: fx.GraphModule) -> set[str]:
@@ -162,6 +213,11 @@ def check_still_symbolic(gm: fx.GraphModule, pass_name: str, was: set[str] = fro
     meta and written into the graph: fixed at trace time). A failure rolls the pass back."""
     if not is_symbolic(gm):
         raise FxcPassError(pass_name, "made the graph's symbolic input sizes static")
+    for node in gm.graph.nodes:  # a guard in its fake execution fixed a symbol to its example
+        if node.op == "placeholder" and isinstance(node.meta.get("val"), torch.Tensor):
+            if any(isinstance(s, torch.SymInt) and not ir.free_size(s) for s in node.meta["val"].shape):
+                raise FxcPassError(pass_name, "specialised a symbolic input size (a guard fixed it "
+                                              "to the example's value)", node=ir.describe(node))
     for node in gm.graph.nodes:
         if node.name in was and ir.symbolic_mode([node.meta.get("val")]) is None:
             raise FxcPassError(pass_name, "specialised a symbolic meta to the example's sizes",
