@@ -28,6 +28,8 @@ def section() -> str:
         if "garden" in os.path.basename(path):
             continue  # garden() puts all garden runs in one table
         data = json.load(open(path))
+        if not isinstance(data, dict) or "machine" not in data:
+            continue  # another script's results (scripts/int8_bench.py): not an fxc bench run
         m = data["machine"]
         where = _where(m)
         rows = data["rows"]
