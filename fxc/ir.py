@@ -205,8 +205,30 @@ def infer_node_meta(node: fx.Node) -> None:
 
     args = fx.node.map_arg(node.args, fake)
     kwargs = fx.node.map_arg(node.kwargs, fake)
+    node.meta["val"] = fake_call(node.target, args, kwargs, mode)
+
+
+def _sdpa_meta(q, k, v, *args, **kwargs):
+    """SDPA's result as the math kernel lays it out: (..., L, Ev), contiguous. Views of it that
+    another kernel's layout would not allow are reshapes after passes/sdpa_views.py."""
+    return q.new_empty((*q.shape[:-1], v.shape[-1]))
+
+
+# Ops whose device meta kernels want concrete sizes (torch 2.11's CUDA SDPA meta pads the mask
+# with constant_pad_nd, which fails on SymInts after fixing sizes with guards): on a symbolic
+# graph their metas come from these rules instead.
+SYMBOLIC_META = {torch.ops.aten.scaled_dot_product_attention.default: _sdpa_meta}
+
+
+def fake_call(target, args, kwargs, mode: FakeTensorMode):
+    """target(*args, **kwargs) in fake `mode`; by SYMBOLIC_META's rule where `mode` holds
+    symbolic sizes and the target has one."""
+    rule = SYMBOLIC_META.get(target)
     with mode:
-        node.meta["val"] = node.target(*args, **kwargs)
+        if rule is not None and mode.shape_env is not None and any(
+                _is_symbolic_tensor(a) for a in args):
+            return rule(*args, **kwargs)
+        return target(*args, **kwargs)
 
 
 def new_call(graph: fx.Graph, target, args: tuple, kwargs: dict | None = None, *,

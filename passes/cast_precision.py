@@ -455,8 +455,7 @@ class _Rewriter:
             noops.read_contiguous(self.graph, n)
             self.views_repaired.append(n.name)
             args = (fake(n.args[0]),) + tuple(args[1:])
-        with self.mode:
-            n.meta["val"] = n.target(*args, **kwargs)
+        n.meta["val"] = ir.fake_call(n.target, args, kwargs, self.mode)
 
     def _read(self, a, dtype, saturate=False):
         if isinstance(a, (list, tuple)):

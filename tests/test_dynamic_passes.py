@@ -235,3 +235,25 @@ def test_a_rolled_back_pass_takes_its_guards_with_it(bad):
     assert "rolled back" in record.skipped
     assert ir.free_size(size), "the batch symbol stayed fixed to the example's value"
     assert is_symbolic(gm)
+
+
+def test_sdpa_metas_of_a_symbolic_graph_come_from_the_rule(monkeypatch):
+    """torch 2.11's CUDA SDPA meta fails on symbolic sizes (after fixing them with guards), so
+    fuse_attention was rolled back for dynamic BERT on the H200. On a symbolic graph the SDPA
+    node's meta comes from ir.SYMBOLIC_META's rule (counted here), not from the op's meta
+    kernel (a CPU build cannot run the CUDA one)."""
+    from fxc import ir
+    calls = []
+    sdpa = torch.ops.aten.scaled_dot_product_attention.default
+    rule = ir.SYMBOLIC_META[sdpa]
+    monkeypatch.setitem(ir.SYMBOLIC_META, sdpa, lambda *a, **k: calls.append(0) or rule(*a, **k))
+    model, xs = get("bert", size="tiny", batch=2)
+    gm = capture(model, tuple(xs), {}, ({0: BATCH, 1: SEQ}, {0: BATCH, 1: SEQ})).gm
+    passes = [p for p in symbolic_passes("fp32") if p.name in ("dce", "noops", "fold_constants",
+                                                              "cse", "fuse_attention")]
+    records = {r.name: r for r in run_pipeline(gm, PassContext(options("fp32"), list(xs)), passes)}
+    assert records["fuse_attention"].skipped is None and records["fuse_attention"].rewrites >= 1
+    assert calls  # the rule made the SDPA metas
+    for n in gm.graph.nodes:
+        if n.target is sdpa:
+            assert ir.symbolic_mode([n.meta["val"]]) is not None
