@@ -38,7 +38,8 @@ _ROWWISE = {
     "view", "_unsafe_view", "reshape", "permute", "transpose", "unsqueeze", "squeeze", "expand",
     "slice", "select", "split", "split_with_sizes", "cat", "max_pool2d", "avg_pool2d",
     "adaptive_avg_pool2d", "max_pool2d_with_indices", "sym_size", "getitem", "alias", "t",
-    "linear_act", "conv_act", "add_layer_norm", "fused_region", "masked_fill", "full_like",
+    "linear_act", "conv2d_act", "conv2d_add_act", "dwconv2d_ln", "add_layer_norm",
+    "fused_region", "masked_fill", "full_like",
     "zeros_like", "ones_like", "rsub", "reciprocal", "abs", "minimum", "maximum", "type_as",
 }
 

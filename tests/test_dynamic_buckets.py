@@ -146,3 +146,15 @@ def test_cuda_bert_over_sequence_buckets_matches_eager():
         ys = tuple(x[:1, :1].expand(n, t).contiguous() for x in xs)
         for got, want in zip(compiled(*ys).values(), model(*ys).values()):
             torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+
+
+def test_fused_conv_graphs_may_pad_the_batch():
+    """fxc's fused conv ops keep rows apart; the list named one `conv_act` (no such op), so every
+    compiled CNN lost batch padding and captured one CUDA graph per exact batch (the H200's
+    dynamic resnet50: "%conv2d_act_default (conv2d_act) is not known to keep rows apart")."""
+    from fxc.models import get
+    model, xs = get("resnet18", size="tiny", batch=2)
+    c = fxc.compile(model, xs, backend="torch", dynamic_batch=True)
+    sym, why = batch_padding(c.engine.gm)
+    assert sym is not None, why
+    assert any("conv2d_act" in str(n.target) for n in c.engine.gm.graph.nodes)
