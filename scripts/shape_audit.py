@@ -23,8 +23,11 @@ from fxc.runtime import torch_engine as te
 
 
 def _symbolic(v) -> bool:
+    """Free symbols in a size, read through the ShapeEnv's replacements (a size a guard fixed is
+    a SymInt whose expression is a constant: not symbolic)."""
+    from fxc import ir
     vs = v if isinstance(v, (tuple, list)) else [v]
-    return any(isinstance(t, torch.Tensor) and not all(isinstance(d, int) for d in t.shape) for t in vs)
+    return any(isinstance(t, torch.Tensor) and any(ir.free_size(d) for d in t.shape) for t in vs)
 
 
 def meta_census(stage: str, gm) -> None:
