@@ -168,6 +168,54 @@ class Builder:
         return self.op(op_type, [x], axes=list(axes) if axes is not None else None, keepdims=keep)
 
 
+# -- finishing the graph ----------------------------------------------------------------------
+# Our own, not onnx-graphsurgeon's cleanup()/toposort(): its round trip drops every node's
+# doc_string (the user's source line) and the GPU machine has no graphsurgeon. Converters
+# append nodes in fx order, which is topological, so the graph needs no sort, only a check.
+
+def outer_reads(node: onnx.NodeProto) -> set[str]:
+    """Names the node's subgraphs (an If's branches, a Loop's body) read from enclosing scopes."""
+    reads: set[str] = set()
+    for attr in node.attribute:
+        for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else
+                  attr.graphs if attr.type == onnx.AttributeProto.GRAPHS else []):
+            inner = {v.name for v in g.input} | {t.name for t in g.initializer}
+            for n in g.node:
+                reads |= (set(n.input) | outer_reads(n)) - inner
+                inner |= set(n.output)
+            reads -= inner
+    reads.discard("")
+    return reads
+
+
+def reads(node: onnx.NodeProto) -> set[str]:
+    """Every value a node reads: its inputs ('' is an absent optional one) and its subgraphs'."""
+    return ({i for i in node.input if i} | outer_reads(node))
+
+
+def prune(nodes: Sequence[onnx.NodeProto], outputs: Sequence[str]) -> list[onnx.NodeProto]:
+    """`nodes` less those no graph output depends on (a multi-output op's unread outputs: the
+    indices of a max_pool whose values alone are used, a NaN fix-up of a dropped result)."""
+    live, kept = set(outputs), []
+    for n in reversed(nodes):
+        if live.intersection(n.output):
+            live |= reads(n)
+            kept.append(n)
+    return kept[::-1]
+
+
+def check_order(nodes: Sequence[onnx.NodeProto], defined: set[str]) -> None:
+    """Raise ValueError unless every value a node reads is a graph input, an initializer or an
+    output of an earlier node (ONNX's topological order; the checker is optional)."""
+    defined = set(defined)
+    for n in nodes:
+        missing = reads(n) - defined
+        if missing:
+            raise ValueError(f"ONNX node {n.name} ({n.op_type}) reads {sorted(missing)} "
+                             "before any node produces it")
+        defined.update(n.output)
+
+
 # -- meta helpers converters use -----------------------------------------------------------
 
 def meta(arg: Any) -> torch.Tensor | None:

@@ -6,7 +6,8 @@ Invariants of every model `to_onnx` returns:
   tensors are kept aside in `LoweredOnnx.const_outputs`);
 - every node is named after the fx node it came from and carries the user's source line;
 - weights are initializers, in the graph's own dtypes (FP16 graphs stay FP16);
-- `onnx.checker.check_model(full_check=True)` (which runs strict shape inference) passes.
+- `onnx.checker.check_model(full_check=True)` (which runs strict shape inference) passes;
+- every node feeds an output (builder.prune), in topological order (builder.check_order);
 Every unsupported node is found before anything fails: one FxcUnsupportedOpError lists all.
 """
 from __future__ import annotations
@@ -27,7 +28,8 @@ from fxc import ir
 from fxc.errors import FxcOptionError, FxcUnsupportedOpError
 
 from . import batch as batch_rules
-from .builder import TORCH_TO_ONNX, Builder, SymbolicShape, onnx_dtype, to_tensor_proto
+from .builder import (TORCH_TO_ONNX, Builder, SymbolicShape, check_order, onnx_dtype, prune,
+                      reads, to_tensor_proto)
 from .ops_shape import SIZE_OPS
 from .registry import Refuse, lookup, supported_targets
 
@@ -115,9 +117,11 @@ def to_onnx(gm: fx.GraphModule, *, opset: int = DEFAULT_OPSET, dynamic_batch: bo
     if unsupported:
         raise FxcUnsupportedOpError(backend, unsupported, total)
     graph_outputs, names, slots, batch_outs = _outputs(b, out_node, inputs, dynamic_batch)
-    used = {i for n in b.nodes for i in n.input} | set(names)
-    initializers = [t for t in b.initializers if t.name in used]  # a refused path's leftovers
-    graph = helper.make_graph(b.nodes, "fxc", inputs, graph_outputs, initializers)
+    nodes = prune(b.nodes, names)  # unread outputs' nodes; then the constants only they read
+    used = set().union(*map(reads, nodes)) | set(names)
+    initializers = [t for t in b.initializers if t.name in used]
+    check_order(nodes, {i.name for i in inputs} | {t.name for t in initializers})
+    graph = helper.make_graph(nodes, "fxc", inputs, graph_outputs, initializers)
     model = helper.make_model(graph, producer_name="fxc",
                               opset_imports=[helper.make_opsetid("", opset)])
     # The IR the opset shipped with, not onnx's newest: the widest set of runtimes loads it.
