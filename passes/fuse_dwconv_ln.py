@@ -22,14 +22,13 @@ import torch.fx as fx
 
 import fxc.ops  # noqa: F401  (torch.ops.fxc.*)
 from fxc import ir
-from fxc.ops.dwconv import MAX_C, MAX_K
+from fxc.ops.dwconv import DTYPES, MAX_C, MAX_K
 
 from .fuse_conv import normalized
 from .manager import PassContext, PassResult
 from .rewrite import Refuse, Rule, is_op, only_user, run_rules
 
 aten = torch.ops.aten
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
@@ -67,7 +66,7 @@ def match(ln: fx.Node, ctx: PassContext):
     pad = list(c["padding"])
     if len(pad) != 2 or pad[0] != pad[1] or not 0 <= pad[0] < k:
         return Refuse(f"padding {pad} (the kernel pads both sides alike)")
-    if c["bias"] is None or xs.dtype not in _DTYPES:
+    if c["bias"] is None or xs.dtype not in DTYPES:
         return Refuse("a conv without bias or of an integer dtype")
     a = normalized(ln)
     if list(a["normalized_shape"]) != [ch] or a["weight"] is None or a["bias"] is None:

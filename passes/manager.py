@@ -169,14 +169,14 @@ class _ShapeEnvState:
         self.saved = {}
         for name in self._FIELDS if self.env is not None else ():
             v = getattr(self.env, name, None)
-            if isinstance(v, (dict, list)):
-                self.saved[name] = v.copy()
+            if v is not None and hasattr(v, "copy"):
+                self.saved[name] = _state_copy(v)
 
     def restore(self) -> None:
         if self.env is None:
             return
         for name, v in self.saved.items():
-            setattr(self.env, name, v.copy())
+            setattr(self.env, name, _state_copy(v))
         if hasattr(self.env, "num_deferred_runtime_asserts"):
             self.env.num_deferred_runtime_asserts = sum(
                 len(a) for a in getattr(self.env, "deferred_runtime_asserts", {}).values())
@@ -190,6 +190,14 @@ class _ShapeEnvState:
             c = getattr(self.env, cache, None)
             if isinstance(c, dict):
                 c.clear()
+
+
+def _state_copy(v):
+    """A copy of a ShapeEnv container that later guards cannot reach: dicts of lists
+    (deferred_runtime_asserts) get their lists copied too, since guards append in place."""
+    if isinstance(v, dict):
+        return {k: list(x) if isinstance(x, list) else x for k, x in v.items()}
+    return v.copy()  # list, set, OrderedSet (divisible, guards, specializations)
 
 
 def _shape_env(gm: fx.GraphModule):

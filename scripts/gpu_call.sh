@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# One device call of a session (scratch: rewritten per call; the steps it runs are kept in
-# git history). Every step logs to $OUT as it goes, so a cut call keeps what it finished.
-#   STEPS="tests ab garden dynamic audit" MODELS=... bash scripts/gpu_call.sh
+# One device call of a session: the steps named in STEPS, each with its own time limit, each
+# logging to $OUT as it goes (a cut call keeps what it finished).
+#   STEPS="tests ab ktable garden dynamic audit" MODELS=NAME@B,... bash scripts/gpu_call.sh
+# tests: pytest -m gpu (TESTS= narrows it); ab: scripts/ab_pass.py AB_PASS on AB_MODELS;
+# ktable: scripts/gpu_kernels.py KMODEL with the report; garden: fxc bench rows for MODELS
+# (GARDEN_S caps it); dynamic: scripts/dynamic_bench.py (DYN_MODEL over seq, resnet50 over
+# batch); audit: scripts/shape_audit.py on CUDA.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/fxc_gpu}; mkdir -p "$OUT"

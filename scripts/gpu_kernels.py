@@ -11,6 +11,7 @@ the graph's launch (fxc.timing.count_kernels), and that a later profiler session
 kernels. It prints the counts of the eager loop, its CUDA-graph replay, fxc's replay and step
 loop, and a verdict. MODEL may be a zoo or a garden name (default: resnet18 at base size).
 """
+import os
 import sys
 from collections import defaultdict
 
@@ -39,7 +40,6 @@ def kernel_table(fn, args, calls=10, label=""):
     n_k = sum(cnt.values()) / calls
     t_k = sum(tot.values()) / calls / 1e3
     print(f"KERNELS {label}: {n_k:.0f} kernels/call, kernel time {t_k:.3f} ms/call")
-    import os
     for name, us in sorted(tot.items(), key=lambda kv: -kv[1])[:int(os.environ.get("KTOP", 12))]:
         print(f"   {us / calls / 1e3:8.4f} ms  x{cnt[name] / calls:4.0f}  {name[:110]}")
 
@@ -80,7 +80,6 @@ def graph_probe(name="resnet18", batch=1):
 
 
 def main():
-    import os
     if sys.argv[1:2] == ["--graph-probe"]:
         return graph_probe(*([sys.argv[2], int(sys.argv[3])] if len(sys.argv) > 3 else []))
     if os.environ.get("SDPA"):  # e.g. SDPA=EFFICIENT_ATTENTION: pin SDPA's backend for the run

@@ -164,3 +164,19 @@ def run_checked(pass_mod, gm, inputs, c, compare):
     gm.recompile()
     assert again.rewrites == 0 and gm.code == code, f"{name} is not idempotent"
     return result, before, after
+
+
+def run_interpreted(script: str, timeout: int = 600) -> str:
+    """Run `script` in a fresh Python with TRITON_INTERPRET=1 (it must be set before triton is
+    imported, hence a subprocess) and this checkout first on the path; asserts it exits 0 and
+    returns its stdout."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       env=env, timeout=timeout)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return p.stdout

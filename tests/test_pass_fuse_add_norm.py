@@ -5,9 +5,6 @@ reference), idempotence, refusals with their reason, random graphs with planted 
 Triton kernel under Triton's CPU interpreter (a subprocess: TRITON_INTERPRET must be set
 before triton is imported) and on CUDA.
 """
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -166,12 +163,7 @@ print("ok")
 
 def test_triton_kernel_matches_the_reference_under_the_interpreter():
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    p = subprocess.run([sys.executable, "-c", INTERPRETED], capture_output=True, text=True,
-                       env=env, timeout=300)
-    assert p.returncode == 0 and p.stdout.strip().endswith("ok"), p.stderr[-2000:]
+    assert passkit.run_interpreted(INTERPRETED, timeout=300).strip().endswith("ok")
 
 
 @pytest.mark.gpu

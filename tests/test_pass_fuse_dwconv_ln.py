@@ -6,9 +6,6 @@ where the op runs its reference), idempotence, refusals with their reason, drawn
 CPU interpreter (a subprocess: TRITON_INTERPRET must be set before triton is imported) on drawn
 shapes and strides; on CUDA the kernel itself and the garden's ConvNeXt.
 """
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -194,12 +191,7 @@ print("ok", len(cases))
 
 def test_triton_kernel_matches_the_reference_under_the_interpreter():
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    p = subprocess.run([sys.executable, "-c", INTERPRETED], capture_output=True, text=True,
-                       env=env, timeout=600)
-    assert p.returncode == 0 and "ok" in p.stdout, p.stderr[-2000:]
+    assert "ok" in passkit.run_interpreted(INTERPRETED)
 
 
 @pytest.mark.gpu

@@ -20,15 +20,14 @@ graph computes what it computed before.
 """
 from __future__ import annotations
 
-import logging
-
 import torch
 
-log = logging.getLogger("fxc")
+from .triton_kernel import LazyKernel
+
 aten = torch.ops.aten
 MAX_C = 4096
 MAX_K = 11
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _reference(x, weight, bias, padding, ln_weight, ln_bias, eps):
@@ -67,7 +66,7 @@ def _check(x, weight, padding) -> None:
 def fits(x, weight, bias, padding, ln_weight, ln_bias) -> bool:
     """Whether the Triton kernel takes these arguments (else the reference runs)."""
     k = weight.shape[2]
-    return (x.dim() == 4 and x.dtype in _DTYPES and x.numel() > 0
+    return (x.dim() == 4 and x.dtype in DTYPES and x.numel() > 0
             and 0 < x.shape[1] <= MAX_C and weight.shape[2] == weight.shape[3] and k <= MAX_K
             and padding[0] == padding[1] and 0 <= padding[0] < k
             and all(t is not None and t.device == x.device and t.dim() == 1
@@ -76,15 +75,10 @@ def fits(x, weight, bias, padding, ln_weight, ln_bias) -> bool:
 
 @dwconv2d_ln.register_kernel("cuda")
 def _(x, weight, bias, padding, ln_weight, ln_bias, eps):
-    if _kernel() is None or not fits(x, weight, bias, padding, ln_weight, ln_bias):
-        return _reference(x, weight, bias, padding, ln_weight, ln_bias, eps).contiguous()
-    try:
-        return launch(x, weight, bias, padding[0], ln_weight, ln_bias, eps)
-    except Exception as e:  # a Triton that cannot compile here: say so once, run the reference
-        log.warning("fxc::dwconv2d_ln: Triton kernel unavailable (%s: %s); running the "
-                    "reference ops from now on", type(e).__name__, str(e).splitlines()[0][:200])
-        _KERNEL[:] = [None]
-        return _reference(x, weight, bias, padding, ln_weight, ln_bias, eps).contiguous()
+    reference = lambda: _reference(x, weight, bias, padding, ln_weight, ln_bias, eps).contiguous()  # noqa: E731
+    if not fits(x, weight, bias, padding, ln_weight, ln_bias):
+        return reference()
+    return KERNEL.run(lambda: launch(x, weight, bias, padding[0], ln_weight, ln_bias, eps), reference)
 
 
 def blocks(pixels: int, c: int) -> tuple[int, int, int]:
@@ -109,58 +103,48 @@ def launch(x, weight, bias, pad, ln_weight, ln_bias, eps):
     sn, sc, sh, sw = x.stride()
     wc, _, wh, ww = weight.stride()
     grid = (-(-pixels // block_p),)
-    _kernel()[grid](x, weight, bias, ln_weight, ln_bias, out, h, w, c, oh, ow, pixels,
+    KERNEL.get()[grid](x, weight, bias, ln_weight, ln_bias, out, h, w, c, oh, ow, pixels,
                     sn, sc, sh, sw, wc, wh, ww, float(eps), K=k, PAD=pad,
                     BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps)
     return out
 
 
-_KERNEL: list = []
+def _define(triton, tl):
+    @triton.jit
+    def dwconv_ln(x_ptr, w_ptr, b_ptr, lw_ptr, lb_ptr, y_ptr, H, W, C, OH, OW, P,
+                  sn, sc, sh, sw, wc, wh, ww, eps,
+                  K: tl.constexpr, PAD: tl.constexpr,
+                  BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+        c = tl.arange(0, BLOCK_C)
+        pm, cm = p < P, c < C
+        ow = p % OW
+        oh = (p // OW) % OH
+        n = (p // OW) // OH
+        base = n.to(tl.int64) * sn
+        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+        for kh in tl.static_range(K):
+            ih = oh + kh - PAD
+            hok = pm & (ih >= 0) & (ih < H)
+            for kw in tl.static_range(K):
+                iw = ow + kw - PAD
+                ok = hok & (iw >= 0) & (iw < W)
+                xp = x_ptr + base[:, None] + (ih * sh + iw * sw)[:, None] + c[None, :] * sc
+                xv = tl.load(xp, mask=ok[:, None] & cm[None, :], other=0.0)
+                wv = tl.load(w_ptr + c * wc + kh * wh + kw * ww, mask=cm, other=0.0)
+                acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
+        acc += tl.load(b_ptr + c, mask=cm, other=0.0).to(tl.float32)[None, :]
+        v = acc.to(y_ptr.dtype.element_ty).to(tl.float32)  # the conv output as stored
+        mean = tl.sum(v, axis=1) / C  # masked channels hold 0
+        d = tl.where(cm[None, :], v - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=1) / C + eps)
+        lw = tl.load(lw_ptr + c, mask=cm, other=0.0).to(tl.float32)
+        lb = tl.load(lb_ptr + c, mask=cm, other=0.0).to(tl.float32)
+        y = d * rstd[:, None] * lw[None, :] + lb[None, :]
+        yp = y_ptr + p.to(tl.int64)[:, None] * C + c[None, :]
+        tl.store(yp, y.to(y_ptr.dtype.element_ty), mask=pm[:, None] & cm[None, :])
+
+    return dwconv_ln
 
 
-def _kernel():
-    """The Triton kernel, compiled lazily (None where Triton is not installed)."""
-    if not _KERNEL:
-        try:
-            import triton
-            import triton.language as tl
-        except Exception:  # no Triton: the reference runs
-            _KERNEL.append(None)
-            return None
-
-        @triton.jit
-        def dwconv_ln(x_ptr, w_ptr, b_ptr, lw_ptr, lb_ptr, y_ptr, H, W, C, OH, OW, P,
-                      sn, sc, sh, sw, wc, wh, ww, eps,
-                      K: tl.constexpr, PAD: tl.constexpr,
-                      BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-            p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-            c = tl.arange(0, BLOCK_C)
-            pm, cm = p < P, c < C
-            ow = p % OW
-            oh = (p // OW) % OH
-            n = (p // OW) // OH
-            base = n.to(tl.int64) * sn
-            acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-            for kh in tl.static_range(K):
-                ih = oh + kh - PAD
-                hok = pm & (ih >= 0) & (ih < H)
-                for kw in tl.static_range(K):
-                    iw = ow + kw - PAD
-                    ok = hok & (iw >= 0) & (iw < W)
-                    xp = x_ptr + base[:, None] + (ih * sh + iw * sw)[:, None] + c[None, :] * sc
-                    xv = tl.load(xp, mask=ok[:, None] & cm[None, :], other=0.0)
-                    wv = tl.load(w_ptr + c * wc + kh * wh + kw * ww, mask=cm, other=0.0)
-                    acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
-            acc += tl.load(b_ptr + c, mask=cm, other=0.0).to(tl.float32)[None, :]
-            v = acc.to(y_ptr.dtype.element_ty).to(tl.float32)  # the conv output as stored
-            mean = tl.sum(v, axis=1) / C  # masked channels hold 0
-            d = tl.where(cm[None, :], v - mean[:, None], 0.0)
-            rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=1) / C + eps)
-            lw = tl.load(lw_ptr + c, mask=cm, other=0.0).to(tl.float32)
-            lb = tl.load(lb_ptr + c, mask=cm, other=0.0).to(tl.float32)
-            y = d * rstd[:, None] * lw[None, :] + lb[None, :]
-            yp = y_ptr + p.to(tl.int64)[:, None] * C + c[None, :]
-            tl.store(yp, y.to(y_ptr.dtype.element_ty), mask=pm[:, None] & cm[None, :])
-
-        _KERNEL.append(dwconv_ln)
-    return _KERNEL[0]
+KERNEL = LazyKernel("dwconv2d_ln", _define)

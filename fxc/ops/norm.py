@@ -21,12 +21,12 @@ of bert-base's ~146 per call. Elsewhere, or where Triton is not installed, the r
 """
 from __future__ import annotations
 
-import logging
 from typing import Optional
 
 import torch
 
-log = logging.getLogger("fxc")
+from .triton_kernel import LazyKernel
+
 aten = torch.ops.aten
 MAX_N = 16384
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -63,7 +63,7 @@ def _(x, residual, normalized_shape, weight, bias, eps):
 
 def _triton_fits(x, residual, normalized_shape, weight: Optional[torch.Tensor],
                  bias: Optional[torch.Tensor]) -> bool:
-    return (_kernel() is not None and len(normalized_shape) == 1 and x.numel() > 0
+    return (len(normalized_shape) == 1 and x.numel() > 0
             and 0 < x.shape[-1] <= MAX_N and x.dtype in _DTYPES
             and weight is not None and bias is not None
             and all(t.dtype == x.dtype and t.is_contiguous() and t.device == x.device
@@ -73,15 +73,10 @@ def _triton_fits(x, residual, normalized_shape, weight: Optional[torch.Tensor],
 
 @add_layer_norm.register_kernel("cuda")
 def _(x, residual, normalized_shape, weight, bias, eps):
+    reference = lambda: _reference(x, residual, normalized_shape, weight, bias, eps)  # noqa: E731
     if not _triton_fits(x, residual, normalized_shape, weight, bias):
-        return _reference(x, residual, normalized_shape, weight, bias, eps)
-    try:
-        return launch(x, residual, weight, bias, eps)
-    except Exception as e:  # a Triton that cannot compile here: say so once, run the reference
-        log.warning("fxc::add_layer_norm: Triton kernel unavailable (%s: %s); running the "
-                    "reference ops from now on", type(e).__name__, str(e).splitlines()[0][:200])
-        _KERNEL[:] = [None]
-        return _reference(x, residual, normalized_shape, weight, bias, eps)
+        return reference()
+    return KERNEL.run(lambda: launch(x, residual, weight, bias, eps), reference)
 
 
 def launch(x, residual, weight, bias, eps):
@@ -91,41 +86,31 @@ def launch(x, residual, weight, bias, eps):
     s, y = torch.empty_like(x), torch.empty_like(x)
     block = max(16, 1 << (n - 1).bit_length())
     warps = 1 if block <= 512 else 4 if block <= 4096 else 8
-    _kernel()[(rows,)](x, residual, weight, bias, s, y, n, float(eps), BLOCK=block,
+    KERNEL.get()[(rows,)](x, residual, weight, bias, s, y, n, float(eps), BLOCK=block,
                        num_warps=warps)
     return s, y
 
 
-_KERNEL: list = []
+def _define(triton, tl):
+    @triton.jit
+    def add_ln(x_ptr, r_ptr, w_ptr, b_ptr, s_ptr, y_ptr, N, eps, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < N
+        x = tl.load(x_ptr + row * N + cols, mask=mask, other=0.0)
+        r = tl.load(r_ptr + row * N + cols, mask=mask, other=0.0)
+        s = (x.to(tl.float32) + r.to(tl.float32)).to(s_ptr.dtype.element_ty)  # as aten.add
+        tl.store(s_ptr + row * N + cols, s, mask=mask)
+        v = s.to(tl.float32)
+        mean = tl.sum(v, axis=0) / N
+        d = tl.where(mask, v - mean, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=0) / N + eps)
+        w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(y_ptr + row * N + cols, (d * rstd * w + b).to(y_ptr.dtype.element_ty),
+                 mask=mask)
+
+    return add_ln
 
 
-def _kernel():
-    """The Triton kernel, compiled lazily (None where Triton is not installed)."""
-    if not _KERNEL:
-        try:
-            import triton
-            import triton.language as tl
-        except Exception:  # no Triton: the reference runs
-            _KERNEL.append(None)
-            return None
-
-        @triton.jit
-        def add_ln(x_ptr, r_ptr, w_ptr, b_ptr, s_ptr, y_ptr, N, eps, BLOCK: tl.constexpr):
-            row = tl.program_id(0).to(tl.int64)
-            cols = tl.arange(0, BLOCK)
-            mask = cols < N
-            x = tl.load(x_ptr + row * N + cols, mask=mask, other=0.0)
-            r = tl.load(r_ptr + row * N + cols, mask=mask, other=0.0)
-            s = (x.to(tl.float32) + r.to(tl.float32)).to(s_ptr.dtype.element_ty)  # as aten.add
-            tl.store(s_ptr + row * N + cols, s, mask=mask)
-            v = s.to(tl.float32)
-            mean = tl.sum(v, axis=0) / N
-            d = tl.where(mask, v - mean, 0.0)
-            rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=0) / N + eps)
-            w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-            b = tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-            tl.store(y_ptr + row * N + cols, (d * rstd * w + b).to(y_ptr.dtype.element_ty),
-                     mask=mask)
-
-        _KERNEL.append(add_ln)
-    return _KERNEL[0]
+KERNEL = LazyKernel("add_layer_norm", _define)
